@@ -1,0 +1,5 @@
+import sys
+
+from napari_pathsegdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure compute: regions, slides, tiling, label store, metrics (numpy, dask, zarr, tifffile)."""

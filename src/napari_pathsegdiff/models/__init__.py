@@ -1,0 +1,1 @@
+"""Models: backbones, feature extractors, heads, generators (torch, diffusers). Imports core at most."""
