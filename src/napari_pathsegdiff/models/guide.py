@@ -26,11 +26,16 @@ class GuideEncoder(ModelMixin, ConfigMixin):
         Size of the embedding (the UNet's ``cross_attention_dim``).
     norm_groups : int
         Groups of the GroupNorm layers.
+    context_grid : int
+        When above 0, :meth:`context` adds ``context_grid**2`` local tokens (the last feature
+        map average-pooled to a ``context_grid`` × ``context_grid`` grid, through the same
+        projection) after the global token, so the UNet's cross-attention can vary in space.
 
     Notes
     -----
     Input: float tensor ``(B, 3, H, W)`` scaled to [-1, 1]. Output: ``(B, embed_dim)``.
-    :meth:`context` returns the UNet's cross-attention context ``(B, 1, embed_dim)``.
+    :meth:`context` returns the UNet's cross-attention context
+    ``(B, 1 + context_grid**2, embed_dim)``.
     """
 
     @register_to_config
@@ -40,6 +45,7 @@ class GuideEncoder(ModelMixin, ConfigMixin):
         widths: tuple[int, ...] = (32, 64, 128, 256),
         embed_dim: int = 256,
         norm_groups: int = 8,
+        context_grid: int = 0,
     ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1)]
@@ -51,15 +57,27 @@ class GuideEncoder(ModelMixin, ConfigMixin):
         self.norm = nn.GroupNorm(min(norm_groups, prev), prev)
         self.proj = nn.Linear(prev, embed_dim)
 
+    @property
+    def num_tokens(self) -> int:
+        """Number of context tokens :meth:`context` returns."""
+        return 1 + self.config.context_grid**2
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(self.norm(self.body(images)))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embed images in [-1, 1] of shape (B, 3, H, W) into (B, embed_dim)."""
-        h = self.body(images)
-        h = torch.nn.functional.silu(self.norm(h)).mean(dim=(2, 3))
-        return self.proj(h)
+        return self.proj(self._features(images).mean(dim=(2, 3)))
 
     def context(self, images: torch.Tensor) -> torch.Tensor:
-        """Cross-attention context (B, 1, embed_dim) for the UNet."""
-        return self.forward(images).unsqueeze(1)
+        """Cross-attention context (B, 1 + context_grid**2, embed_dim) for the UNet."""
+        h = self._features(images)
+        tokens = [h.mean(dim=(2, 3)).unsqueeze(1)]
+        g = self.config.context_grid
+        if g > 0:
+            local = torch.nn.functional.adaptive_avg_pool2d(h, g).flatten(2).transpose(1, 2)
+            tokens.append(local)
+        return self.proj(torch.cat(tokens, dim=1))
 
 
 class _Block(nn.Module):
