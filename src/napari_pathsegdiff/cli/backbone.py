@@ -1,0 +1,137 @@
+"""``pathsegdiff backbone``: train a backbone on unlabelled H&E, and export a run's backbone.
+
+Examples
+--------
+::
+
+    pathsegdiff backbone train --data slides/ tiles/ --out runs/my-backbone
+    pathsegdiff backbone train --data slides/ tiles/ --out runs/my-backbone --resume
+    pathsegdiff backbone export --run runs/my-backbone --out my-backbone
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    """Add the ``backbone`` subcommand with its ``train`` and ``export`` actions."""
+    parser = subparsers.add_parser(
+        "backbone",
+        help="train a backbone (guide, autoencoder, UNet) on unlabelled H&E, or export one",
+        description="Train a latent diffusion backbone on unlabelled H&E images and slides, or "
+        "export the backbone folder of a (possibly unfinished) training run.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    train = actions.add_parser(
+        "train",
+        help="train or resume a backbone run",
+        description="Train in three stages (guide, vae, unet), checkpointing into --out. Every "
+        "step is reproducible, so --resume continues exactly where the run stopped. "
+        "Ctrl-C or SIGTERM checkpoints and stops.",
+    )
+    train.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_SLIDE",
+                       help="images (PNG/JPEG/TIFF), slides, or folders searched recursively")
+    train.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, log, backbone/)")
+    train.add_argument("--config", default="small", choices=("small", "tiny"),
+                       help="architecture and default budgets (default: small)")
+    train.add_argument("--steps", type=int, metavar="N",
+                       help="steps of every stage (a stage that later stages were built on keeps its count)")
+    for stage in ("guide", "vae", "unet"):
+        train.add_argument(f"--steps-{stage}", type=int, metavar="N", help=f"steps of the {stage} stage")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out (starts one if there is none)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    train.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
+    train.add_argument("--seed", type=int, help="seed of the whole run (default 0)")
+    train.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints")
+    train.add_argument("--pool-tiles", type=int, metavar="N", help="tiles pre-extracted for training")
+    train.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                       help="leave out files whose path or name matches (e.g. held-out validation images)")
+    train.add_argument("--mpp-map", nargs="+", default=[], metavar="PATTERN=MPP",
+                       help="µm/px of files matching PATTERN (before slide metadata), e.g. '*monuseg*=0.25'")
+    train.add_argument("--default-mpp", type=float, default=0.5,
+                       help="µm/px assumed for sources without metadata or --mpp-map (default 0.5)")
+    train.add_argument("--no-export", action="store_true", help="do not write --out/backbone at the end")
+    train.set_defaults(func=_train)
+
+    export = actions.add_parser(
+        "export",
+        help="write the backbone folder of a run from its latest checkpoints",
+        description="Write a backbone folder (diffusers layout, safetensors, MODEL_CARD.md) from "
+        "the latest checkpoints of a run, even one still training.",
+    )
+    export.add_argument("--run", required=True, metavar="DIR", help="the run folder given to train --out")
+    export.add_argument("--out", required=True, metavar="DIR", help="destination backbone folder")
+    export.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    export.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+
+    import torch
+
+    from ..core.progress import drive
+    from ..engine.backbone_data import parse_mpp_map
+    from ..engine.backbone_training import make_settings, train_backbone
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be 1 or more, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    steps = {f"steps_{s}": getattr(args, f"steps_{s}") for s in ("guide", "vae", "unet")}
+    if args.steps is not None:
+        steps = {k: (v if v is not None else args.steps) for k, v in steps.items()}
+    settings = make_settings(
+        args.config, seed=args.seed, checkpoint_every=args.checkpoint_every, pool_tiles=args.pool_tiles, **steps
+    )
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+        print(f"pathsegdiff backbone: signal {signum}: checkpointing and stopping after this step", flush=True)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        work = train_backbone(
+            args.data, args.out, config=args.config, settings=settings, resume=args.resume,
+            device=args.device, exclude=args.exclude, mpp_map=parse_mpp_map(args.mpp_map),
+            default_mpp=args.default_mpp, export=not args.no_export, should_stop=lambda: stop["requested"],
+        )
+        folder = drive(work, show=sys.stderr.isatty(), callback=_log_line)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if folder is not None:
+        print(f"backbone written to {folder}")
+    elif stop["requested"]:
+        print("stopped; continue with --resume")
+        return 130
+    return 0
+
+
+_last_print: dict[str, float] = {}
+
+
+def _log_line(rec) -> None:
+    """Print one line per stage change and at most one a minute (for logs of detached runs)."""
+    import time
+
+    now = time.time()
+    key = rec.stage
+    if key in _last_print and now - _last_print[key] < 60 and rec.done != rec.total:
+        return
+    _last_print[key] = now
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in rec.metrics.items())
+    print(f"[{time.strftime('%H:%M:%S')}] {rec.stage} {rec.done}/{rec.total} {rec.message} {metrics}".rstrip(), flush=True)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..engine.backbone_training import export_backbone
+
+    folder = export_backbone(args.run, args.out, dtype=args.dtype)
+    print(f"backbone written to {folder}")
+    return 0
