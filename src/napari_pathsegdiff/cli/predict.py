@@ -1,0 +1,93 @@
+"""``pathsegdiff predict``: segment image files, or a region of a slide, with a trained head."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .train import add_feature_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images (or a region of a slide) with a trained head",
+        description=(
+            "Write OUT/<name>.png for every INPUT: uint8 class ids in the id space of the "
+            "training masks. INPUTs are image files (PNG, JPEG, TIFF), or slides with --region."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or slides with --region")
+    parser.add_argument("--head", required=True, metavar="HEAD_DIR", help="a head folder written by train")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--mpp", type=float, metavar="X",
+                        help="µm/px of the inputs (of level 0 for slides) when the files do not say")
+    parser.add_argument("--region", nargs=4, type=int, metavar=("Y", "X", "H", "W"),
+                        help="predict this region of each slide (pixels of --level)")
+    parser.add_argument("--level", type=int, default=None, metavar="L",
+                        help="pyramid level of --region (default 0)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per batch")
+    add_feature_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.images import IMAGE_SUFFIXES, file_stem, read_rgb, write_labels
+    from ..core.progress import drive
+    from ..core.region import Region
+    from ..engine.predict import predict_region
+    from ..models.features import build_extractor
+    from ..models.head import load_head
+    from . import UserError
+
+    if args.level is not None and args.region is None:
+        raise UserError("--level needs --region Y X H W.")
+    head = load_head(args.head)
+    config = dict(head.config.feature_config or {})
+    if args.features and args.features != config.get("kind"):
+        raise UserError(f"Head {args.head} needs {config.get('kind')} features, not {args.features}.")
+    if args.backbone:
+        if config.get("kind") != "diffusion":
+            raise UserError(f"--backbone applies to diffusion features; head {args.head} uses {config.get('kind')}.")
+        config["backbone"] = args.backbone
+    extractor = build_extractor(config, device=args.device)
+    head.check_compatible(extractor)
+
+    paths = [Path(p) for p in args.inputs]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"Input {p} does not exist.")
+        if args.region is None and p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(
+                f"{p} is not an image file (PNG, JPEG, TIFF): for a slide give --region Y X H W "
+                f"[--level L]."
+            )
+    out = Path(args.out)
+    for p in paths:
+        if args.region is not None:
+            from ..core.slide import open_slide
+
+            slide = open_slide(p)
+            y, x, h, w = args.region
+            region = Region(args.level or 0, y, x, h, w)
+            level_shape = slide.levels[region.level].shape[:2] if region.level < len(slide.levels) else None
+            if level_shape is None:
+                raise UserError(f"{p} has levels 0..{len(slide.levels) - 1}; --level {region.level} does not exist.")
+            if region.y < 0 or region.x < 0 or region.y1 > level_shape[0] or region.x1 > level_shape[1]:
+                raise UserError(
+                    f"--region {y} {x} {h} {w} extends outside level {region.level} of {p}, which is "
+                    f"{level_shape[0]}x{level_shape[1]} pixels (height x width)."
+                )
+            source = slide
+        else:
+            source, region = read_rgb(p), None
+        try:
+            pred = drive(predict_region(source, region, head=head, extractor=extractor,
+                                        mpp=args.mpp, batch_size=args.batch_size))
+        finally:
+            if region is not None:
+                source.close()
+        target = write_labels(out / f"{file_stem(p)}.png", pred.labels)
+        notes = f" ({'; '.join(pred.notes)})" if pred.notes else ""
+        print(f"{p.name}: {pred.labels.shape[0]}x{pred.labels.shape[1]} -> {target}{notes}")
+    return 0

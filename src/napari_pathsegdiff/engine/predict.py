@@ -1,0 +1,181 @@
+"""Predict class labels (and probabilities) for any region of a slide or an in-memory image.
+
+The region is analysed on the head's µm/px: when the level's µm/px differs by more than 5 %,
+tiles are resampled to it and the class probabilities are resampled back to the region's
+pixels before the argmax. Tiles sit on a grid anchored to absolute coordinates
+(:mod:`~napari_pathsegdiff.core.tiling`), so the prediction of a region is exactly the crop of
+the prediction of any larger region, and features of tiles already seen come from the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.feature_cache import FeatureCache
+from ..core.progress import Progress, Work, drive
+from ..core.region import Region
+from ..core.tiling import Stitcher
+from .tile_features import (
+    analysis_scale,
+    as_slide,
+    iter_tile_features,
+    make_grid,
+    source_mpp,
+    whole_level,
+)
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`predict_region`.
+
+    Attributes
+    ----------
+    labels : ndarray of uint8, shape (h, w)
+        Class ids of the head (the training masks' id space) on the region's pixels.
+    probabilities : ndarray of float16, shape (C, h, w), or None
+        Class probabilities in the order of ``class_ids`` (when asked for).
+    region : Region
+        The region predicted.
+    class_ids : list of int
+        Class id of each probability channel.
+    scale : float
+        Source pixels per analysis pixel (1.0: no resampling).
+    source_mpp, analysis_mpp : float or None
+        µm/px of the region's level and of the analysis.
+    notes : list of str
+        What the caller should know (e.g. an unknown µm/px, so no resampling).
+    cache : dict
+        Feature-cache hits and misses of this call.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    region: Region
+    class_ids: list[int]
+    scale: float = 1.0
+    source_mpp: float | None = None
+    analysis_mpp: float | None = None
+    notes: list[str] = field(default_factory=list)
+    cache: dict[str, int] = field(default_factory=dict)
+
+
+def predict_region(
+    source,
+    region: Region | None = None,
+    *,
+    head,
+    extractor,
+    cache: FeatureCache | None = None,
+    batch_size: int = 4,
+    mpp: float | None = None,
+    return_probabilities: bool = False,
+) -> Work[Prediction]:
+    """Predict ``region`` of ``source``; a generator yielding one :class:`Progress` per batch.
+
+    Parameters
+    ----------
+    source : Slide or ndarray
+        A slide, or an RGB(A) uint8 image ``(h, w, 3|4)``.
+    region : Region, optional
+        Pixels to predict (any level); default all of level 0.
+    head : SegmentationHead
+        Trained head; it must be compatible with ``extractor``.
+    extractor : FeatureExtractor
+        The features the head was trained on.
+    cache : FeatureCache, optional
+        Features of tiles already seen; filled with the new ones.
+    batch_size : int
+        Tiles per feature-extraction and head batch.
+    mpp : float, optional
+        µm/px of level 0 of ``source`` when the file does not say (or to override it).
+    return_probabilities : bool
+        Also return per-class probabilities (float16).
+
+    Returns
+    -------
+    Prediction
+        Through ``StopIteration.value``; use :func:`~napari_pathsegdiff.core.progress.drive`.
+    """
+    head.check_compatible(extractor)
+    slide = as_slide(source, mpp=mpp)
+    region = whole_level(slide, 0) if region is None else region
+    level_mpp = source_mpp(slide, region.level, mpp)
+    target_mpp = head.config.mpp
+    notes = []
+    if target_mpp is not None and level_mpp is None:
+        notes.append(
+            f"the µm/px of the input is unknown: analysed as if it were the head's "
+            f"{target_mpp:g} µm/px (give --mpp to resample)"
+        )
+    scale = analysis_scale(level_mpp, target_mpp)
+    grid = make_grid(extractor, scale)
+    box = grid.analysis_box(region)
+    tiles = grid.tiles(box)
+    stitch_probs = return_probabilities or grid.resampled
+    n_classes = len(head.class_ids)
+    stitcher = Stitcher(box, n_classes if stitch_probs else 1, dtype=np.float16 if stitch_probs else np.uint8)
+    hits0, misses0 = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    device = next(head.parameters()).device
+    head.eval()
+    done = 0
+    yield Progress("predict", 0, len(tiles), f"{len(tiles)} tiles")
+    for batch in iter_tile_features(
+        slide, region.level, grid, tiles, extractor, cache=cache, batch_size=batch_size
+    ):
+        maps = [torch.from_numpy(np.stack([f[i] for _, f in batch])).to(device) for i in range(len(batch[0][1]))]
+        with torch.inference_mode():
+            probs = torch.softmax(head(maps).float(), dim=1).cpu().numpy()
+        for (tile, _), p in zip(batch, probs):
+            stitcher.add(tile, p.astype(np.float16) if stitch_probs else p.argmax(0)[None].astype(np.uint8))
+        done += len(batch)
+        yield Progress("predict", done, len(tiles), f"{done}/{len(tiles)} tiles")
+    if stitch_probs:
+        probabilities = grid.to_source(stitcher.values, box, region)
+        indices = probabilities.argmax(0)
+        probabilities = probabilities.astype(np.float16, copy=False) if return_probabilities else None
+    else:
+        indices, probabilities = stitcher.values[0], None
+    stats = {}
+    if cache is not None:
+        stats = {"hits": cache.hits - hits0, "misses": cache.misses - misses0}
+    return Prediction(
+        labels=head.decode_indices(indices),
+        probabilities=probabilities,
+        region=region,
+        class_ids=head.class_ids,
+        scale=scale,
+        source_mpp=level_mpp,
+        analysis_mpp=target_mpp if scale != 1.0 else (level_mpp or target_mpp),
+        notes=notes,
+        cache=stats,
+    )
+
+
+def predict_image(image: np.ndarray, *, head, extractor, **options) -> Prediction:
+    """Predict a whole in-memory RGB image (no progress); options as :func:`predict_region`."""
+    return drive(predict_region(image, None, head=head, extractor=extractor, **options), show=False)
+
+
+def uncertainty(probabilities: np.ndarray, *, kind: str = "entropy") -> np.ndarray:
+    """Per-pixel uncertainty in [0, 1] from class probabilities ``(C, h, w)``.
+
+    ``"entropy"``: Shannon entropy divided by ``log(C)``; ``"margin"``: one minus the gap
+    between the two most probable classes. 0 means certain, 1 means undecided.
+    """
+    p = np.asarray(probabilities, dtype=np.float32)
+    if p.ndim != 3:
+        raise ValueError(f"Expected probabilities of shape (C, h, w), got {p.shape}.")
+    c = p.shape[0]
+    if c < 2:
+        return np.zeros(p.shape[1:], np.float32)
+    if kind == "entropy":
+        h = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(0)
+        return np.clip(h / np.log(c), 0.0, 1.0).astype(np.float32)
+    if kind == "margin":
+        top2 = np.partition(p, c - 2, axis=0)[c - 2 :]
+        return np.clip(1.0 - (top2[1] - top2[0]), 0.0, 1.0).astype(np.float32)
+    raise ValueError(f"Unknown uncertainty {kind!r}: use 'entropy' or 'margin'.")

@@ -1,0 +1,155 @@
+"""Tile grids anchored to absolute coordinates, and seamless prediction of any region."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_pathsegdiff.core.progress import drive
+from napari_pathsegdiff.core.region import Region
+from napari_pathsegdiff.core.slide import Slide
+from napari_pathsegdiff.core.tiling import Box, Stitcher, TileGrid
+from napari_pathsegdiff.engine.predict import predict_region
+from napari_pathsegdiff.models.features import ClassicFeatures, RGBFeatures
+from napari_pathsegdiff.models.head import new_head
+
+
+def _image(h=150, w=170, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    base = np.stack([(yy * 3) % 256, (xx * 5) % 256, ((yy + xx) * 2) % 256], -1)
+    return np.clip(base + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _head(extractor, seed=0, **kw):
+    """A random head whose inputs are standardised, so that its labels vary over the image."""
+    torch.manual_seed(seed)
+    head = new_head(extractor, [0, 3, 7], **kw).eval()
+    feats = extractor.extract(_image(64, 64)[None])
+    head.set_normalization([f.astype(np.float32).mean((0, 2, 3)) for f in feats],
+                           [f.astype(np.float32).std((0, 2, 3)) for f in feats])
+    with torch.no_grad():  # random scores of a useful spread, not the near-constant of an init
+        head.classifier.weight.mul_(50.0)
+        head.classifier.bias.zero_()
+    return head
+
+
+def test_grid_is_anchored_to_absolute_coordinates():
+    grid = TileGrid(tile=64, halo=8)
+    box = grid.analysis_box(Region(0, 100, 10, 50, 60))
+    assert box == Box(100, 10, 150, 70)
+    tiles = grid.tiles(box)
+    assert [(t.row, t.col) for t in tiles] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    t = tiles[0]
+    assert t.core == Box(64, 0, 128, 64) and t.outer == Box(56, -8, 136, 72)
+    # the same tile whatever the region that asks for it
+    assert grid.tiles(grid.analysis_box(Region(0, 70, 5, 1, 1)))[0] == t
+
+
+def test_read_tile_pads_only_beyond_the_image_border():
+    image = _image(40, 50)
+    slide = Slide.from_array(image)
+    grid = TileGrid(tile=32, halo=8)
+    tile = grid.tile_at(0, 1)  # outer rows -8..40, cols 24..72
+    pixels = grid.read_tile(slide, 0, tile)
+    assert pixels.shape == (48, 48, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels[8:48, 0:26], image[0:40, 24:50])  # halo from the image
+    assert (pixels[:8] == 255).all() and (pixels[:, 26:] == 255).all()  # outside: white
+
+
+def test_resampled_tile_matches_the_scale():
+    # a horizontal ramp at 0.25 µm/px read at 0.5 µm/px: every analysis pixel spans 2 source pixels
+    ramp = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (64, 1, 3))
+    grid = TileGrid(tile=16, halo=4, scale=2.0)
+    pixels = grid.read_tile(Slide.from_array(ramp), 0, grid.tile_at(1, 2))
+    assert pixels.shape == (24, 24, 3)
+    # analysis column X has its centre at source x = 2 X + 0.5
+    cols = np.arange(28, 52)
+    np.testing.assert_allclose(pixels[12, :, 0], 2 * cols + 0.5, atol=1)
+
+
+def test_stitcher_and_label_resampling():
+    grid = TileGrid(tile=8, halo=2)
+    box = Box(3, 5, 17, 13)
+    st = Stitcher(box, 1, dtype=np.int32)
+    for t in grid.tiles(box):
+        yy, xx = np.mgrid[t.outer.y0 : t.outer.y1, t.outer.x0 : t.outer.x1]
+        st.add(t, (yy * 100 + xx)[None])
+    assert st.complete
+    yy, xx = np.mgrid[3:17, 5:13]
+    np.testing.assert_array_equal(st.values[0], yy * 100 + xx)
+
+    labels = np.arange(12).reshape(3, 4)
+    g2 = TileGrid(tile=8, halo=0, scale=0.5)  # analysis twice as fine
+    region = Region(0, 0, 0, 3, 4)
+    out = g2.labels_to_analysis(labels, region, g2.analysis_box(region), fill=-1)
+    np.testing.assert_array_equal(out[:6, :8], np.repeat(np.repeat(labels, 2, 0), 2, 1))
+
+
+def _seam_check(extractor, head, image, small: Region, *, mpp=None):
+    big = drive(predict_region(image, None, head=head, extractor=extractor, mpp=mpp,
+                               return_probabilities=True), show=False)
+    part = drive(predict_region(image, small, head=head, extractor=extractor, mpp=mpp,
+                                return_probabilities=True), show=False)
+    assert part.labels.shape == small.shape and part.labels.dtype == np.uint8
+    np.testing.assert_array_equal(part.labels, big.labels[small.slices])
+    np.testing.assert_allclose(
+        part.probabilities.astype(np.float32), big.probabilities[(slice(None), *small.slices)].astype(np.float32),
+        atol=2e-3,
+    )
+    assert set(np.unique(big.labels)) <= {0, 3, 7}
+    assert len(np.unique(big.labels)) > 1  # a constant map would hide seams
+    return big, part
+
+
+def test_seamless_rgb_prediction_of_a_region_equals_the_crop_of_a_larger_one():
+    ex = RGBFeatures(tile_size=32, halo=6)
+    _seam_check(ex, _head(ex), _image(), Region(0, 37, 51, 60, 70))
+    _seam_check(ex, _head(ex), _image(), Region(0, 0, 120, 25, 50))  # touches the image border
+
+
+def test_seamless_with_resampling_to_the_head_mpp():
+    ex = RGBFeatures(tile_size=32, halo=6)
+    head = _head(ex, mpp=0.5)
+    big, part = _seam_check(ex, head, _image(), Region(0, 41, 33, 57, 64), mpp=0.3)
+    assert part.scale == pytest.approx(0.5 / 0.3)
+    assert part.analysis_mpp == 0.5 and part.source_mpp == pytest.approx(0.3)
+    assert big.labels.shape == (150, 170)
+
+
+def test_seamless_classic_features():
+    ex = ClassicFeatures(sigma_min=1, sigma_max=2, num_sigma=2, tile_size=40)
+    assert ex.halo == 8 and ex.channels == [24]
+    _seam_check(ex, _head(ex), _image(90, 100), Region(0, 21, 35, 40, 50))
+
+
+def test_seamless_tiny_diffusion_backbone():
+    from napari_pathsegdiff.models.backbone import build_random_backbone
+    from napari_pathsegdiff.models.diffusion_features import DiffusionFeatures
+
+    ex = DiffusionFeatures(build_random_backbone("tiny"), device="cpu")
+    assert ex.tile_size == 64 and ex.mpp == 0.5
+    head = _head(ex)
+    _seam_check(ex, head, _image(100, 140), Region(0, 30, 45, 50, 70), mpp=0.5)
+
+
+def test_uncertainty_from_probabilities():
+    from napari_pathsegdiff.engine.predict import uncertainty
+
+    p = np.array([[[1.0, 0.5, 0.7]], [[0.0, 0.5, 0.3]]], np.float16)  # (C=2, 1, 3)
+    ent = uncertainty(p)
+    assert ent.shape == (1, 3) and ent.dtype == np.float32
+    np.testing.assert_allclose(ent[0], [0.0, 1.0, 0.8813], atol=1e-3)
+    np.testing.assert_allclose(uncertainty(p, kind="margin")[0], [0.0, 1.0, 0.6], atol=1e-3)
+    with pytest.raises(ValueError, match="entropy"):
+        uncertainty(p, kind="bogus")
+
+
+def test_prediction_returns_probabilities_that_sum_to_one():
+    ex = RGBFeatures(tile_size=32, halo=4)
+    pred = drive(predict_region(_image(40, 50), None, head=_head(ex), extractor=ex,
+                                return_probabilities=True), show=False)
+    assert pred.probabilities.shape == (3, 40, 50) and pred.probabilities.dtype == np.float16
+    np.testing.assert_allclose(pred.probabilities.astype(np.float32).sum(0), 1.0, atol=3e-3)
+    np.testing.assert_array_equal(pred.labels, np.array([0, 3, 7], np.uint8)[pred.probabilities.argmax(0)])
