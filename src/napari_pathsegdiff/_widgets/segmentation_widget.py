@@ -1,14 +1,24 @@
-"""The PathSegDiff dock widget.
+"""The PathSegDiff dock widget: segment what you see, correct it with a brush, retrain.
 
-For now it shows the active slide: file, pyramid levels, µm/px and objective power, and
-follows the layer list. The segmentation controls will be added here.
+The widget is thin: a panel describing the active slide, then one small section per task
+(Model, Classes, Segment, Train, Export), each in its own module and all sharing one
+:class:`~._controller.AnnotationController` that owns the session, the label layers and the
+background jobs. Another section is added with :meth:`SegmentationWidget.add_section`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+from ._classes_section import ClassesSection
+from ._controller import AnnotationController
+from ._export_section import ExportSection
+from ._model_section import ModelSection
+from ._segment_section import SegmentSection
+from ._train_section import TrainSection
 
 if TYPE_CHECKING:
     import napari
@@ -21,25 +31,54 @@ def is_slide_layer(layer) -> bool:
 
 
 class SegmentationWidget(QWidget):
-    """Dock widget of the plugin; for now a panel describing the active slide.
+    """Dock widget of the plugin.
 
     Parameters
     ----------
     napari_viewer : napari.Viewer
         The viewer the widget is docked in.
+
+    Attributes
+    ----------
+    controller : AnnotationController
+        Session, layers and jobs.
+    model_section, classes_section, segment_section, train_section, export_section : QWidget
+        The sections.
     """
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__()
         self.viewer = napari_viewer
+        # owned by Python, not by the widget: jobs finishing after the widget is deleted find it
+        self.controller = AnnotationController(napari_viewer)
+        controller = self.controller
+        self.destroyed.connect(lambda *_: controller.shutdown())
         self._fields = {key: QLabel("–") for key in ("Slide", "File", "Levels", "µm/px", "Objective")}
         form = QFormLayout()
         for key, label in self._fields.items():
             label.setWordWrap(True)
             form.addRow(f"{key}:", label)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        self.note.setVisible(False)
+
+        inner = QWidget()
+        self._sections = QVBoxLayout(inner)
+        self._sections.addLayout(form)
+        self._sections.addWidget(self.note)
+        self.model_section = self.add_section("Model", ModelSection(self.controller))
+        self.classes_section = self.add_section("Classes", ClassesSection(self.controller))
+        self.segment_section = self.add_section("Segment", SegmentSection(self.controller))
+        self.train_section = self.add_section("Train", TrainSection(self.controller))
+        self.export_section = self.add_section("Export", ExportSection(self.controller))
+        self._sections.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(inner)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addStretch(1)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
 
         layers = self.viewer.layers
         layers.events.inserted.connect(self._refresh)
@@ -47,6 +86,23 @@ class SegmentationWidget(QWidget):
         layers.events.reordered.connect(self._refresh)
         layers.selection.events.active.connect(self._refresh)
         self._refresh()
+
+    def add_section(self, title: str, section: QWidget) -> QWidget:
+        """Add ``section`` under a titled box (before the stretch, if any); returns it."""
+        box = QGroupBox(title)
+        QVBoxLayout(box).addWidget(section)
+        stretch = self._sections.count() - 1
+        has_stretch = stretch >= 0 and self._sections.itemAt(stretch).spacerItem() is not None
+        if has_stretch:
+            self._sections.insertWidget(stretch, box)
+        else:
+            self._sections.addWidget(box)
+        return section
+
+    def show_note(self, text: str) -> None:
+        """A note above the sections (e.g. that no default model is installed)."""
+        self.note.setText(text)
+        self.note.setVisible(bool(text))
 
     @property
     def slide_layer(self) -> "Layer | None":
@@ -60,6 +116,10 @@ class SegmentationWidget(QWidget):
         """The texts shown, by field name."""
         return {key: label.text() for key, label in self._fields.items()}
 
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.controller.shutdown()
+        super().closeEvent(event)
+
     def _refresh(self, event=None) -> None:
         layer = self.slide_layer
         if layer is None:
@@ -69,6 +129,23 @@ class SegmentationWidget(QWidget):
             texts = _describe(layer)
         for key, text in texts.items():
             self._fields[key].setText(text)
+        c = self.controller
+        if c.session is None and not c.running("open"):
+            c.open_for_layer(self._annotated_slide())
+        else:  # switching removes layers: never inside napari's own layer-list events
+            QTimer.singleShot(0, lambda: c.open_for_layer(self._annotated_slide()))
+
+    def _annotated_slide(self) -> "Layer | None":
+        """The slide to annotate: the active layer when it is a slide; otherwise the slide
+        annotated now while it is open (selecting its labels layer to paint keeps it), else the
+        topmost slide."""
+        active = self.viewer.layers.selection.active
+        if is_slide_layer(active):
+            return active
+        current = self.controller.image_layer
+        if current is not None and current in self.viewer.layers:
+            return current
+        return self.slide_layer
 
 
 def _describe(layer: "Layer") -> dict[str, str]:

@@ -187,7 +187,10 @@ def write_labels_ome_zarr(
         }
     ]
     root.attrs["image-label"] = _image_label(class_names, class_colors)
+    previous = None
     for index, level in enumerate(levels):
+        if previous is not None:  # halve the level just written: one pass over each level
+            level = da.from_zarr(previous)[::2, ::2]
         chunks = (min(ZARR_CHUNK, level.shape[0]), min(ZARR_CHUNK, level.shape[1]))
         target = root.create_array(
             name=str(index),
@@ -199,6 +202,7 @@ def write_labels_ome_zarr(
             chunk_key_encoding={"name": "v2", "separator": "/"},
         )
         da.store(level.rechunk(chunks), target, lock=False)
+        previous = target
     return path
 
 

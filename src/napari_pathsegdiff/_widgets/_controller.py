@@ -1,0 +1,493 @@
+"""The state of the dock widget: the annotation session of the active slide, its layers and the
+long jobs (open, segment, train, load features), shared by the widget's sections.
+
+Every engine call that may take time runs in a :class:`~._work.Job` (a napari thread worker);
+heavy modules (torch, the engine's prediction and training) are imported only inside those
+jobs. Results come back on the main thread through the callbacks below, and sections learn of
+them through Qt signals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ._label_layers import LabelLayers
+from ._session_work import extractor_work, open_session_work
+from ._viewport import camera, show_region, visible_region
+from ._work import Job
+
+LIVE_DELAY_MS = 400
+"""Camera changes are debounced this long before "Live" segments the new view."""
+
+FEATURE_CHOICES = ("default backbone", "backbone folder", "classic filters")
+_NO_SLIDE = "No slide open: open a slide (File > Open, or File > Open Sample > PathSegDiff)."
+
+
+class AnnotationController(QObject):
+    """Session, layers and jobs of the PathSegDiff widget.
+
+    Signals
+    -------
+    session_changed()
+        A session was opened or closed (``session`` is the new one, or None).
+    classes_changed()
+        The class table changed.
+    head_changed()
+        The head or the features changed.
+    message(str, str)
+        ``(section, text)``: a message for a section ("model", "classes", "segment", "train",
+        "export"); errors start with "Error: " or name the problem.
+    segmented(object)
+        A :class:`~napari_pathsegdiff.engine.annotation.SegmentResult` is on screen.
+    train_progress(object)
+        A :class:`~napari_pathsegdiff.core.progress.Progress` of the training.
+    train_finished(object)
+        The training ended: a ``TrainOutcome``, or None when cancelled or failed.
+    busy(str, bool)
+        A job ("open", "features", "segment", "train") started or ended.
+    """
+
+    session_changed = Signal()
+    classes_changed = Signal()
+    head_changed = Signal()
+    message = Signal(str, str)
+    segmented = Signal(object)
+    train_progress = Signal(object)
+    train_finished = Signal(object)
+    busy = Signal(str, bool)
+
+    def __init__(self, viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = None
+        self.image_layer = None
+        self.layers = LabelLayers(viewer, on_edit=self._edited)
+        self.jobs: dict[str, Job] = {}
+        self.extractor = None
+        self.device = "auto"
+        self.store_root: Path | None = None
+        self.train_steps: int | None = None
+        self.show_uncertainty = False
+        self.live = False
+        self.last_train_job: Job | None = None
+        self.last_suggestion = None
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(lambda: self.segment_view(live=True))
+
+    # --- jobs --------------------------------------------------------------------------------
+    def running(self, name: str) -> bool:
+        job = self.jobs.get(name)
+        return job is not None and job.running
+
+    def _start(self, name: str, make, *, description: str, on_done, section: str, on_progress=None,
+               on_error=None, on_finished=None):
+        def finished(job):
+            if self.jobs.get(name) is job:  # not superseded by a newer job of the same name
+                del self.jobs[name]
+                self.busy.emit(name, False)
+            if on_finished is not None:
+                on_finished(job)
+
+        def failed(exc):
+            self.message.emit(section, _describe_error(exc))
+            if on_error is not None:
+                on_error(exc)
+
+        job = Job(make, description=description, on_progress=on_progress, on_done=on_done,
+                  on_error=failed, on_finished=finished)
+        self.jobs[name] = job
+        self.busy.emit(name, True)
+        return job
+
+    def shutdown(self) -> None:
+        """Stop the jobs and forget their results (edits and the saved head are on disk)."""
+        self._live_timer.stop()
+        self.live = False
+        for job in list(self.jobs.values()):
+            job.detach()
+        self.jobs.clear()
+        try:
+            self._set_camera_hooks(False)
+        except RuntimeError:  # the viewer is already gone
+            pass
+
+    # --- the slide and its session -------------------------------------------------------------
+    def open_for_layer(self, layer) -> None:
+        """Follow the slide shown by ``layer``: its annotations are opened when it has some
+        (nothing is created until the user segments); None closes the session."""
+        if _same_layer(layer, self.image_layer):
+            return
+        if self.session is not None or self.running("open"):
+            self.close_session()
+        self.image_layer = layer
+        if layer is None:
+            return
+        from ..engine.session_folder import existing_session_folder
+
+        meta = layer.metadata
+        existing = existing_session_folder(meta.get("slide_path"), meta.get("slide_identity", ""),
+                                           root=self.store_root)
+        if existing is not None:
+            self._open_session(existing)
+        else:
+            self.message.emit("segment", "Press \"Segment view\" to start annotating this slide.")
+
+    def reopen_in_folder(self, folder: str | Path) -> None:
+        """Keep the current slide's edits and head in ``folder`` (reopen the session there); the
+        folder is remembered for this slide."""
+        layer = self.image_layer
+        self.close_session()
+        self.image_layer = layer
+        if layer is not None:
+            self._open_session(Path(folder), remember=True)
+
+    def close_session(self) -> None:
+        """Stop the session's jobs and remove its layers (everything is already on disk)."""
+        for name in ("open", "segment", "train", "head"):
+            if name in self.jobs:
+                self.jobs[name].cancel()
+        self.layers.detach()
+        self.session = None
+        self.image_layer = None
+        self.session_changed.emit()
+
+    def _with_session(self, section: str, then) -> None:
+        """Run ``then()`` once the session of the current slide is open (creating it)."""
+        if self.session is not None:
+            then()
+        elif self.image_layer is None:
+            self.message.emit(section, _NO_SLIDE)
+        elif not self.running("open"):
+            self._open_session(None, then=then)
+
+    def _open_session(self, folder: Path | None, *, then=None, remember: bool = False) -> None:
+        layer = self.image_layer
+        path = layer.metadata.get("slide_path")
+        if not path:
+            self.message.emit("model", "This slide layer has no file: open the slide from a file.")
+            return
+        root, extractor = self.store_root, self.extractor
+
+        def make():
+            return open_session_work(path, folder=folder, root=root, extractor=extractor,
+                                      remember=remember)
+
+        def done(session):
+            if not _same_layer(layer, self.image_layer) or layer not in self.viewer.layers:
+                return
+            self._session_opened(session, layer)
+            if then is not None:
+                then()
+
+        self._start("open", make, description="Opening the slide's annotations", on_done=done,
+                    section="model")
+
+    def _session_opened(self, session, layer) -> None:
+        self.session = session
+        self.extractor = session.extractor
+        self.layers.attach(session, layer)
+        self.session_changed.emit()
+        self.classes_changed.emit()
+        self.head_changed.emit()
+        self.message.emit("model", " ".join(session.notes))
+        session.notes.clear()
+
+    # --- features and head ---------------------------------------------------------------------
+    def choose_features(self, choice: str, *, folder: str | Path | None = None, device: str | None = None) -> None:
+        """Use the default backbone, a backbone ``folder``, or the classic filter bank."""
+        if choice not in FEATURE_CHOICES:
+            raise ValueError(f"Unknown features {choice!r}: use one of {FEATURE_CHOICES}.")
+        if choice == "backbone folder" and not folder:
+            self.message.emit("model", "Pick the backbone folder first.")
+            return
+        device = device or self.device
+        self.device = device
+
+        def make():
+            return extractor_work(choice, folder, device)
+
+        self._start("features", make, description="Loading the features", section="model",
+                    on_done=self.use_extractor)
+
+    def use_extractor(self, extractor) -> None:
+        """Use ``extractor`` for the session (a head for other features is put aside)."""
+        self.extractor = extractor
+        if self.session is not None:
+            self.session.set_extractor(extractor)
+            for note in self.session.notes:
+                self.message.emit("model", note)
+            self.session.notes.clear()
+        self.head_changed.emit()
+
+    def new_head(self) -> None:
+        if self._require_session("model"):
+            self.session.new_head()
+            self.message.emit("model", "New head: paint strokes of at least two classes, then train.")
+            self.head_changed.emit()
+
+    def open_head(self, folder: str | Path) -> None:
+        """Load the head in ``folder``; a head for other features is refused with the reason."""
+        if not self._require_session("model"):
+            return
+        session = self.session
+
+        def make():
+            return _as_work(session.open_head, folder)
+
+        def done(_):
+            self.message.emit("model", f"Opened the head {folder}.")
+            self.classes_changed.emit()
+            self.head_changed.emit()
+            self.layers.set_classes(session.classes)
+
+        self._start("head", make, description="Opening the head", section="model", on_done=done)
+
+    def save_head_as(self, folder: str | Path) -> None:
+        if not self._require_session("model"):
+            return
+        try:
+            path = self.session.save_head_as(folder)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self.message.emit("model", _describe_error(exc))
+            return
+        self.message.emit("model", f"Saved the head to {path}.")
+
+    # --- classes -------------------------------------------------------------------------------
+    def set_classes(self, classes) -> bool:
+        """Replace the class table; returns whether it was accepted."""
+        if not self._require_session("classes"):
+            return False
+        try:
+            self.session.set_classes(classes)
+        except ValueError as exc:
+            self.message.emit("classes", _describe_error(exc))
+            self.classes_changed.emit()  # show the table as it is
+            return False
+        self.layers.set_classes(self.session.classes)
+        self.message.emit("classes", "")
+        self.classes_changed.emit()
+        return True
+
+    def select_class(self, class_id: int) -> None:
+        self.layers.select_class(class_id)
+
+    # --- segmenting ----------------------------------------------------------------------------
+    def segment_view(self, *, live: bool = False) -> None:
+        """Segment the region of the slide visible now (a superseded segmentation is cancelled).
+
+        Without a trained head the visible region becomes an empty editable window, to paint
+        the first strokes in.
+        """
+        if self.image_layer is None:
+            self.message.emit("segment", _NO_SLIDE)
+            return
+        if self.running("train"):
+            if not live:
+                self.message.emit("segment", "Training is running: segment when it is done.")
+            return
+        region = visible_region(self.viewer, self.image_layer)
+        if region is None:
+            self.message.emit("segment", "No part of the slide is visible: pan or zoom to it.")
+            return
+        self._with_session("segment", lambda: self.segment_region(region))
+
+    def segment_region(self, region) -> None:
+        """Segment ``region`` (any level) of the current slide."""
+        if not self._require_session("segment"):
+            return
+        previous = self.jobs.get("segment")
+        if previous is not None:
+            previous.cancel()  # superseded: never queued
+        session = self.session
+        if session.head is None:
+            self._empty_window(region)
+            return
+
+        def make():
+            return session.segment(region)
+
+        def done(result):
+            if session is not self.session:
+                return
+            self.layers.show_window(result.region, result.uncertainty,
+                                    show_uncertainty=self.show_uncertainty)
+            notes = f" ({'; '.join(result.notes)})" if result.notes else ""
+            r = result.region
+            self.message.emit("segment", f"Segmented {r.width}x{r.height} px in {result.seconds:.1f} s{notes}.")
+            self.segmented.emit(result)
+
+        self._start("segment", make, description="Segmenting the view", section="segment", on_done=done)
+
+    def _empty_window(self, region) -> None:
+        from ..engine.annotation import MAX_SEGMENT_PIXELS
+
+        try:
+            window = self.session.to_store_region(region)
+        except ValueError as exc:
+            self.message.emit("segment", _describe_error(exc))
+            return
+        if window.height * window.width > MAX_SEGMENT_PIXELS:
+            self.message.emit("segment", "The view is too large to paint in at once: zoom in.")
+            return
+        self.layers.show_window(window)
+        self.message.emit(
+            "segment",
+            "No trained head yet: paint a few strokes of two classes or more in the labels "
+            "(edit window) layer, then press \"Train on my edits\".",
+        )
+
+    def set_live(self, on: bool) -> None:
+        """Re-segment the view after every pan and zoom (debounced)."""
+        self.live = bool(on)
+        self._set_camera_hooks(self.live)
+        if self.live:
+            self._live_timer.start()
+
+    def _set_camera_hooks(self, on: bool) -> None:
+        cam = camera(self.viewer)
+        events = (cam.events.center, cam.events.zoom)
+        for ev in events:
+            try:
+                ev.disconnect(self._camera_moved)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+            if on:
+                ev.connect(self._camera_moved)
+
+    def _camera_moved(self, event=None) -> None:
+        if self.live:
+            self._live_timer.start()
+
+    def set_show_uncertainty(self, on: bool) -> None:
+        self.show_uncertainty = bool(on)
+        self.layers.set_uncertainty_visible(on)
+
+    def where_to_label_next(self) -> None:
+        """Move the view to the most uncertain tissue region not yet painted."""
+        if not self._require_session("segment"):
+            return
+        try:
+            size = 256
+            view = visible_region(self.viewer, self.image_layer)
+            if view is not None:  # about half the view: the next correction should fit in it
+                r = self.session.to_store_region(view)
+                size = max(64, min(512, min(r.height, r.width) // 2))
+            suggestion = self.session.where_to_label_next(size=size)
+        except ValueError as exc:
+            self.message.emit("segment", _describe_error(exc))
+            return
+        self.last_suggestion = suggestion
+        show_region(self.viewer, self.image_layer, suggestion.region, self.session.slide.downsamples)
+        self.message.emit(
+            "segment",
+            f"The most uncertain unpainted tissue (uncertainty {suggestion.uncertainty:.2f}): "
+            "correct it with the brush, then train.",
+        )
+
+    # --- training ------------------------------------------------------------------------------
+    def train(self) -> None:
+        """Train on every painted pixel of the slide, then re-segment the view."""
+        if not self._require_session("train") or self.running("train"):
+            return
+        if "segment" in self.jobs:
+            self.jobs["segment"].cancel()
+        session, steps = self.session, self.train_steps
+
+        def make():
+            return session.train_on_edits(steps=steps)
+
+        outcomes = []
+
+        def done(outcome):
+            outcomes.append(outcome)
+            self.head_changed.emit()
+            self.classes_changed.emit()
+            last = outcome.result.history[-1]["loss"] if outcome.result.history else float("nan")
+            what = "New head trained" if outcome.new_head else "Head fine-tuned"
+            self.message.emit(
+                "train",
+                f"{what} on {sum(outcome.painted.values())} painted px in {outcome.seconds:.1f} s "
+                f"({outcome.result.steps} steps, last loss {last:.3f}); saved to {outcome.head_folder}.",
+            )
+            if session is self.session:
+                if self.layers.window is not None:
+                    self.segment_region(_window_region(session, self.layers.window))
+                else:
+                    self.segment_view()
+
+        def finished(job):
+            if job.cancelled:
+                self.message.emit("train", "Training cancelled: the previous head is kept.")
+            self.train_finished.emit(outcomes[0] if outcomes else None)
+
+        self.last_train_job = self._start(
+            "train", make, description="Training on your edits", section="train", on_done=done,
+            on_progress=self.train_progress.emit, on_finished=finished,
+        )
+
+    def cancel_training(self) -> None:
+        job = self.jobs.get("train")
+        if job is not None:
+            job.cancel()
+
+    # --- export --------------------------------------------------------------------------------
+    def export(self, path: str | Path) -> Path | None:
+        """Write the labels (merged view) to ``path``: .ome.tif, .ome.zarr or .geojson."""
+        if not self._require_session("export"):
+            return None
+        from ..engine.annotation_export import export_labels
+
+        try:
+            written = export_labels(self.session, path)
+        except (ValueError, OSError) as exc:
+            self.message.emit("export", _describe_error(exc))
+            return None
+        self.message.emit("export", f"Wrote {written}.")
+        return written
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _require_session(self, section: str) -> bool:
+        if self.session is None:
+            if self.running("open"):
+                text = "Opening the slide's annotations…"
+            elif self.image_layer is None:
+                text = _NO_SLIDE
+            else:
+                text = "Nothing annotated on this slide yet: press \"Segment view\" to start."
+            self.message.emit(section, text)
+            return False
+        return True
+
+    def _edited(self, change) -> None:
+        self.message.emit("train", f"Painted pixels saved ({change.painted} painted, {change.erased} erased).")
+
+
+def _window_region(session, window):
+    from ..core.region import Region
+
+    return Region(session.level, window.y, window.x, window.height, window.width)
+
+
+def _same_layer(a, b) -> bool:
+    """Whether two layer references are the same layer (a plugin widget sees napari's layers
+    through proxies, so ``is`` compares wrappers)."""
+    if a is None or b is None:
+        return a is b
+    return a == b
+
+
+def _as_work(fn, *args):
+    """``fn(*args)`` as a progress generator with no progress (run by a Job in its thread)."""
+    return fn(*args)
+    yield  # unreachable: makes this function a generator
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line for the user: the message of errors about their input, else the type too."""
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return f"Error: {exc}"
+    return f"Error: {type(exc).__name__}: {exc}"

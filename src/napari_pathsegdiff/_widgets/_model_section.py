@@ -1,0 +1,125 @@
+"""Model section: features (default backbone, a backbone folder, classic filters), device, head."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QWidget,
+)
+
+from ._controller import FEATURE_CHOICES, AnnotationController
+
+
+class ModelSection(QWidget):
+    """Choose the features and the device; new / open / save the head; pick the session folder."""
+
+    def __init__(self, controller: AnnotationController, parent=None):
+        super().__init__(parent)
+        self.controller = controller
+        self.features = QComboBox()
+        from ..engine.shipped_models import default_backbone_installed
+
+        for choice in FEATURE_CHOICES:
+            self.features.addItem(choice, choice)
+        if not default_backbone_installed():  # offer it, greyed out, and start with classic
+            self.features.setItemText(0, "default backbone (not installed)")
+            self.features.model().item(0).setEnabled(False)
+            self.features.setCurrentIndex(FEATURE_CHOICES.index("classic filters"))
+        self.features.setToolTip(
+            "Diffusion features of the default backbone, of a backbone folder, or the classic "
+            "filter bank (no backbone)."
+        )
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.load_features = QPushButton("Use")
+        self.features_label = QLabel("–")
+        self.head_label = QLabel("–")
+        self.new_button = QPushButton("New")
+        self.open_button = QPushButton("Open…")
+        self.save_button = QPushButton("Save as…")
+        self.folder_button = QPushButton("Session folder…")
+        self.folder_label = QLabel("–")
+        self.status = QLabel("")
+        for label in (self.features_label, self.head_label, self.folder_label, self.status):
+            label.setWordWrap(True)
+
+        features_row = QHBoxLayout()
+        features_row.addWidget(self.features, 1)
+        features_row.addWidget(self.device)
+        features_row.addWidget(self.load_features)
+        head_row = QHBoxLayout()
+        for b in (self.new_button, self.open_button, self.save_button):
+            head_row.addWidget(b)
+        form = QFormLayout(self)
+        form.addRow("Features:", features_row)
+        form.addRow("", self.features_label)
+        form.addRow("Head:", head_row)
+        form.addRow("", self.head_label)
+        form.addRow(self.folder_button, self.folder_label)
+        form.addRow(self.status)
+
+        self.load_features.clicked.connect(self._use_features)
+        self.new_button.clicked.connect(controller.new_head)
+        self.open_button.clicked.connect(self._open_head)
+        self.save_button.clicked.connect(self._save_head)
+        self.folder_button.clicked.connect(self._pick_folder)
+        controller.head_changed.connect(self._refresh)
+        controller.session_changed.connect(self._refresh)
+        controller.message.connect(self._message)
+        controller.busy.connect(self._busy)
+        self._refresh()
+
+    def _use_features(self) -> None:
+        choice = self.features.currentData()
+        folder = None
+        if choice == "backbone folder":
+            folder = QFileDialog.getExistingDirectory(self, "Backbone folder")
+            if not folder:
+                return
+        self.controller.choose_features(choice, folder=folder, device=self.device.currentText())
+
+    def _open_head(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a head folder")
+        if folder:
+            self.controller.open_head(folder)
+
+    def _save_head(self) -> None:
+        folder = QFileDialog.getSaveFileName(self, "Save the head as a folder")[0]
+        if folder:
+            self.controller.save_head_as(folder)
+
+    def _pick_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for this slide's edits and head")
+        if folder:
+            self.controller.reopen_in_folder(folder)
+
+    def _refresh(self) -> None:
+        c = self.controller
+        extractor = c.session.extractor if c.session is not None else c.extractor
+        self.features_label.setText(extractor.identity if extractor is not None else "none chosen yet")
+        session = c.session
+        if session is None:
+            self.head_label.setText("–")
+            self.folder_label.setText("–")
+            return
+        head = session.head
+        if head is None:
+            self.head_label.setText("new (untrained): paint two classes or more, then train")
+        else:
+            self.head_label.setText(f"{len(head.class_ids)} classes: {', '.join(head.class_names)}"
+                                    + (f" · {head.config.mpp:g} µm/px" if head.config.mpp else ""))
+        self.folder_label.setText(str(session.folder))
+
+    def _message(self, section: str, text: str) -> None:
+        if section == "model":
+            self.status.setText(text)
+
+    def _busy(self, name: str, on: bool) -> None:
+        if name in ("features", "open", "head"):
+            for w in (self.load_features, self.open_button, self.new_button):
+                w.setEnabled(not on)

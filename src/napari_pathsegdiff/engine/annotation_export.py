@@ -1,0 +1,99 @@
+"""Export the labels of an annotation session: OME-TIFF, OME-Zarr and QuPath GeoJSON.
+
+The exported mask is the store's merged view (painted pixels over predictions) on the analysis
+level, with that level's µm/px; 0 means "not segmented". OME files are written from the lazy
+view band by band. GeoJSON coordinates are level-0 pixels of the slide (QuPath's), and only
+the bounding box of what was segmented or painted is read into memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core.geojson import labels_to_geojson, write_geojson
+from ..core.ome_writer import write_labels_ome_tiff, write_labels_ome_zarr
+from .annotation import AnnotationError, AnnotationSession
+from .suggestion import stored_chunks
+
+FORMATS = ("ome-tiff", "ome-zarr", "geojson")
+MAX_GEOJSON_PIXELS = 20_000 * 20_000
+"""Largest segmented area (analysis pixels) exported as GeoJSON in one piece."""
+
+
+def export_labels(session: AnnotationSession, path: str | Path, *, format: str | None = None) -> Path:
+    """Write the session's labels to ``path``.
+
+    Parameters
+    ----------
+    session : AnnotationSession
+        The session.
+    path : path
+        Output file; ``.ome.tif``/``.ome.tiff``, ``.ome.zarr`` or ``.geojson``/``.json``
+        choose the format unless ``format`` is given.
+    format : {"ome-tiff", "ome-zarr", "geojson"}, optional
+        Format to write.
+
+    Raises
+    ------
+    AnnotationError
+        Unknown format, nothing segmented yet (GeoJSON), or a segmented area too large for one
+        GeoJSON file.
+    """
+    path = Path(path)
+    format = format or _format_of(path)
+    store = session.store
+    names = {c.id: c.name for c in session.classes}
+    colors = {c.id: c.color for c in session.classes}
+    if format == "ome-tiff":
+        return write_labels_ome_tiff(path, store.merged(), mpp=store.mpp, name=path.name.split(".")[0])
+    if format == "ome-zarr":
+        return write_labels_ome_zarr(path, store.merged(), mpp=store.mpp, name=path.name.split(".")[0],
+                                     class_names=names, class_colors=colors)
+    if format == "geojson":
+        box = segmented_box(session)
+        if box is None:
+            raise AnnotationError("Nothing is segmented or painted yet: there is nothing to export.")
+        y, x, h, w = box
+        if h * w > MAX_GEOJSON_PIXELS:
+            raise AnnotationError(
+                f"The segmented area is {w}x{h} analysis pixels, too large for one GeoJSON file: "
+                "export OME-TIFF, or use the whole-slide command line."
+            )
+        labels = store.read(y, x, h, w)
+        dy, dx = store.downsample
+        collection = labels_to_geojson(
+            labels,
+            {c.id: (c.name, c.color) for c in session.classes},
+            downsample=(dy, dx),
+            offset_yx=(y * dy, x * dx),
+        )
+        return write_geojson(path, collection)
+    raise AnnotationError(f"Unknown export format {format!r}: use one of {', '.join(FORMATS)}.")
+
+
+def segmented_box(session: AnnotationSession) -> tuple[int, int, int, int] | None:
+    """(y, x, height, width) at the analysis level around every stored prediction or edit chunk."""
+    store = session.store
+    chunks = list(stored_chunks(store.path / "prediction", store.prediction.chunks, store.shape))
+    chunks += list(stored_chunks(store.path / "edits", store.edits.chunks, store.shape))
+    if not chunks:
+        return None
+    a = np.array(chunks)
+    y0, x0 = a[:, 0].min(), a[:, 1].min()
+    y1, x1 = (a[:, 0] + a[:, 2]).max(), (a[:, 1] + a[:, 3]).max()
+    return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".ome.tif", ".ome.tiff")):
+        return "ome-tiff"
+    if name.endswith(".ome.zarr"):
+        return "ome-zarr"
+    if name.endswith((".geojson", ".json")):
+        return "geojson"
+    raise AnnotationError(
+        f"{path.name}: name the file *.ome.tif, *.ome.zarr or *.geojson to choose the format."
+    )
