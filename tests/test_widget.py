@@ -92,6 +92,12 @@ def _train(qtbot, widget):
     return blocker.args[0]
 
 
+def _export(qtbot, widget, path):
+    with qtbot.waitSignal(widget.controller.exported, timeout=WAIT_MS) as blocker:
+        widget.export_section.export_to(path)
+    return blocker.args[0]
+
+
 def _weights(folder):
     return {k: v.clone() for k, v in load_file(folder / WEIGHTS_FILE).items()}
 
@@ -487,14 +493,14 @@ def test_export_writes_the_labels(make_napari_viewer, qtbot, scene, tmp_path):
     widget = _dock(viewer, tmp_path)
     _open(viewer, scene)
     qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
-    path = widget.export_section.export_to(tmp_path / "out.ome.tif")
+    path = _export(qtbot, widget, tmp_path / "out.ome.tif")
     labels, mpp = read_labels_ome_tiff(path)
     assert mpp == pytest.approx(0.5) and labels.shape == (256, 384)
     assert widget.export_section.status.text() == f"Wrote {path}."
-    geo = json.loads(widget.export_section.export_to(tmp_path / "out.geojson").read_text())
+    geo = json.loads(_export(qtbot, widget, tmp_path / "out.geojson").read_text())
     assert {f["properties"]["classification"]["name"] for f in geo["features"]} == {
         "background", "stroma", "nuclei-rich"}
-    assert widget.export_section.export_to(tmp_path / "out.png") is None
+    assert _export(qtbot, widget, tmp_path / "out.png") is None
     assert "name the file" in widget.export_section.status.text()
 
 
@@ -506,7 +512,8 @@ def test_where_to_label_next_moves_the_view_to_unpainted_uncertain_tissue(make_n
     qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
     _look_at(viewer, layer, 0, 0, 512, 768)
     _segment(qtbot, widget)
-    widget.segment_section.next_button.click()
+    with qtbot.waitSignal(widget.controller.suggested, timeout=WAIT_MS):
+        widget.segment_section.next_button.click()
     assert "most uncertain unpainted tissue" in widget.segment_section.status.text()
     session = widget.controller.session
     r = widget.controller.last_suggestion.region

@@ -86,8 +86,8 @@ def _segment_then(viewer, widget, screenshot: Path | None) -> None:
             done.append(True)
             _screenshot_when_settled(viewer, screenshot, after_s=SETTLE_S)
 
-    controller.segmented.connect(shoot_once)
-    controller.message.connect(lambda section, text: text.startswith("Error") and shoot_once())
+    controller.segmented.connect(shoot_once)  # labels on screen
+    controller.message.connect(lambda section, text: section == "segment" and shoot_once())  # or why not
     QTimer.singleShot(int(SETTLE_S * 1000), controller.segment_view)
     if screenshot is not None:
         QTimer.singleShot(int(SEGMENT_TIMEOUT_S * 1000), shoot_once)

@@ -49,11 +49,15 @@ class ClassesSection(QWidget):
         self._filling = False
 
         buttons = QHBoxLayout()
-        for w in (self.add_button, self.remove_button, self.presets, self.preset_button):
-            buttons.addWidget(w)
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.remove_button)
+        presets = QHBoxLayout()
+        presets.addWidget(self.presets, 1)
+        presets.addWidget(self.preset_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
+        layout.addLayout(presets)
         layout.addWidget(self.status)
 
         self.add_button.clicked.connect(lambda: self.add_class())

@@ -46,7 +46,12 @@ class AnnotationController(QObject):
     train_finished(object)
         The training ended: a ``TrainOutcome``, or None when cancelled or failed.
     busy(str, bool)
-        A job ("open", "features", "segment", "train") started or ended.
+        A job ("open", "features", "head", "segment", "train", "suggest", "export") started
+        or ended.
+    suggested(object)
+        "Where to label next" moved the view: the ``Suggestion``, or None when there is none.
+    exported(object)
+        An export ended: the path written, or None.
     """
 
     session_changed = Signal()
@@ -57,6 +62,8 @@ class AnnotationController(QObject):
     train_progress = Signal(object)
     train_finished = Signal(object)
     busy = Signal(str, bool)
+    suggested = Signal(object)
+    exported = Signal(object)
 
     def __init__(self, viewer, parent=None):
         super().__init__(parent)
@@ -367,26 +374,34 @@ class AnnotationController(QObject):
         self.layers.set_uncertainty_visible(on)
 
     def where_to_label_next(self) -> None:
-        """Move the view to the most uncertain tissue region not yet painted."""
-        if not self._require_session("segment"):
+        """Move the view to the most uncertain tissue region not yet painted (found in a job)."""
+        if not self._require_session("segment") or self.running("suggest"):
             return
-        try:
-            size = 256
-            view = visible_region(self.viewer, self.image_layer)
-            if view is not None:  # about half the view: the next correction should fit in it
-                r = self.session.to_store_region(view)
+        session = self.session
+        size = 256
+        view = visible_region(self.viewer, self.image_layer)
+        if view is not None:  # about half the view: the next correction should fit in it
+            try:
+                r = session.to_store_region(view)
                 size = max(64, min(512, min(r.height, r.width) // 2))
-            suggestion = self.session.where_to_label_next(size=size)
-        except ValueError as exc:
-            self.message.emit("segment", _describe_error(exc))
-            return
-        self.last_suggestion = suggestion
-        show_region(self.viewer, self.image_layer, suggestion.region, self.session.slide.downsamples)
-        self.message.emit(
-            "segment",
-            f"The most uncertain unpainted tissue (uncertainty {suggestion.uncertainty:.2f}): "
-            "correct it with the brush, then train.",
-        )
+            except ValueError:
+                pass
+
+        def done(suggestion):
+            if session is not self.session:
+                return
+            self.last_suggestion = suggestion
+            show_region(self.viewer, self.image_layer, suggestion.region, session.slide.downsamples)
+            self.message.emit(
+                "segment",
+                f"The most uncertain unpainted tissue (uncertainty {suggestion.uncertainty:.2f}): "
+                "correct it with the brush, then train.",
+            )
+            self.suggested.emit(suggestion)
+
+        self._start("suggest", lambda: _as_work(session.where_to_label_next, size=size),
+                    description="Finding where to label next", section="segment", on_done=done,
+                    on_error=lambda exc: self.suggested.emit(None))
 
     # --- training ------------------------------------------------------------------------------
     def train(self) -> None:
@@ -435,19 +450,25 @@ class AnnotationController(QObject):
             job.cancel()
 
     # --- export --------------------------------------------------------------------------------
-    def export(self, path: str | Path) -> Path | None:
-        """Write the labels (merged view) to ``path``: .ome.tif, .ome.zarr or .geojson."""
+    def export(self, path: str | Path) -> None:
+        """Write the labels (merged view) to ``path`` (.ome.tif, .ome.zarr or .geojson) in a job;
+        ``exported`` gives the path written, or None."""
         if not self._require_session("export"):
-            return None
-        from ..engine.annotation_export import export_labels
+            self.exported.emit(None)
+            return
+        session = self.session
 
-        try:
-            written = export_labels(self.session, path)
-        except (ValueError, OSError) as exc:
-            self.message.emit("export", _describe_error(exc))
-            return None
-        self.message.emit("export", f"Wrote {written}.")
-        return written
+        def make():
+            from ..engine.annotation_export import export_labels
+
+            return _as_work(export_labels, session, path)
+
+        def done(written):
+            self.message.emit("export", f"Wrote {written}.")
+            self.exported.emit(written)
+
+        self._start("export", make, description="Exporting the labels", section="export",
+                    on_done=done, on_error=lambda exc: self.exported.emit(None))
 
     # --- helpers -------------------------------------------------------------------------------
     def _require_session(self, section: str) -> bool:
@@ -480,9 +501,10 @@ def _same_layer(a, b) -> bool:
     return a == b
 
 
-def _as_work(fn, *args):
-    """``fn(*args)`` as a progress generator with no progress (run by a Job in its thread)."""
-    return fn(*args)
+def _as_work(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` as a progress generator with no progress (run by a Job in its
+    thread)."""
+    return fn(*args, **kwargs)
     yield  # unreachable: makes this function a generator
 
 

@@ -31,9 +31,10 @@ class ExportSection(QWidget):
         layout.addWidget(self.status)
         controller.message.connect(self._message)
 
-    def export_to(self, path) -> object:
-        """Export to ``path`` (the format follows its name); returns the path written or None."""
-        return self.controller.export(path)
+    def export_to(self, path) -> None:
+        """Export to ``path`` (the format follows its name) in the background; the controller's
+        ``exported`` signal gives the path written, or None."""
+        self.controller.export(path)
 
     def _ask(self, name: str) -> None:
         default, filters = _FILTERS[name]

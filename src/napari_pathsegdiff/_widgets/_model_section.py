@@ -101,7 +101,13 @@ class ModelSection(QWidget):
     def _refresh(self) -> None:
         c = self.controller
         extractor = c.session.extractor if c.session is not None else c.extractor
-        self.features_label.setText(extractor.identity if extractor is not None else "none chosen yet")
+        if extractor is not None:
+            self.features_label.setText(extractor.identity)
+        else:
+            from ..engine.shipped_models import default_backbone_installed
+
+            default = "the default backbone" if default_backbone_installed() else "classic filters"
+            self.features_label.setText(f"{default}, unless you choose others before you start")
         session = c.session
         if session is None:
             self.head_label.setText("–")
