@@ -98,8 +98,8 @@ def test_training_steps_from_a_model_card(bench):
 
 
 def test_public_text_hides_machine_paths(bench):
-    root, home = Path("/srv/x/repo"), Path("/home/u")
-    text = "--backbone /home/u/.cache/b --data /srv/x/shared/data --out /srv/x/repo/o.md /srv/x/repository"
+    root, home = Path("/srv/x/repo"), Path("/users/u")
+    text = "--backbone /users/u/.cache/b --data /srv/x/shared/data --out /srv/x/repo/o.md /srv/x/repository"
     assert bench.public_text(text, root=root, home=home) == (
         "--backbone ~/.cache/b --data ../shared/data --out ./o.md ../repository"
     )
