@@ -91,6 +91,9 @@ FEATURES = {
     "random": "random weights (control)",
     "classic": "classic filter bank",
     "rgb": "rgb",
+    "diffusion+classic": "diffusion + classic, fused",
+    "diffusion+rgb": "diffusion + rgb, fused",
+    "random+classic": "random + classic, fused (control)",
 }
 
 
@@ -256,28 +259,36 @@ def load_dataset(data: Path, spec: DatasetSpec, *, max_train: int | None, max_va
 
 # --- extractors ----------------------------------------------------------------------------------
 def make_extractors(names, *, backbone, timesteps, blocks):
-    """``{feature name: extractor}``; diffusion variants share one loaded backbone."""
-    from napari_pathsegdiff.models.features import make_extractor
+    """``{feature name: extractor}``; diffusion variants share one loaded backbone.
 
-    out = {}
-    loaded = None
-    for name in names:
+    A name joining kinds with ``+`` (``diffusion+classic``) fuses their maps
+    (:class:`~napari_pathsegdiff.models.fused_features.FusedFeatures`).
+    """
+    from napari_pathsegdiff.models.features import make_extractor
+    from napari_pathsegdiff.models.fused_features import FusedFeatures
+
+    loaded = {}
+
+    def single(name):
         if name in ("diffusion", "diffusion-uncond", "random"):
             from napari_pathsegdiff.models.backbone import build_random_backbone, load_backbone
             from napari_pathsegdiff.models.backbone_configs import get_config
             from napari_pathsegdiff.models.diffusion_features import DiffusionFeatures
 
-            if name == "random":
-                bb = build_random_backbone(get_config("small"), seed=SEED, name="random-small")
-            else:
-                loaded = loaded or load_backbone(backbone)
-                bb = loaded
-            out[name] = DiffusionFeatures(bb, timesteps=timesteps, blocks=blocks,
-                                          conditioned=name != "diffusion-uncond")
-        elif name in ("classic", "rgb"):
-            out[name] = make_extractor(name)
-        else:
-            raise ValueError(f"Unknown features {name!r}: use {', '.join(FEATURES)}.")
+            key = "random" if name == "random" else "trained"
+            if key not in loaded:
+                loaded[key] = (build_random_backbone(get_config("small"), seed=SEED, name="random-small")
+                               if key == "random" else load_backbone(backbone))
+            return DiffusionFeatures(loaded[key], timesteps=timesteps, blocks=blocks,
+                                     conditioned=name != "diffusion-uncond")
+        if name in ("classic", "rgb"):
+            return make_extractor(name)
+        raise ValueError(f"Unknown features {name!r}: use {', '.join(FEATURES)}.")
+
+    out = {}
+    for name in names:
+        parts = name.split("+")
+        out[name] = single(name) if len(parts) == 1 else FusedFeatures([single(p) for p in parts])
     return out
 
 
@@ -367,9 +378,10 @@ def weights_bytes(folder: Path) -> int:
 
 def backbone_info(extractors) -> dict:
     """Identity, training steps (from its model card) and weights size of the loaded backbone."""
-    ex = extractors.get("diffusion") or extractors.get("diffusion-uncond")
+    ex = next((e for k, e in extractors.items() if k.split("+")[0] in ("diffusion", "diffusion-uncond")), None)
     if ex is None:
         return {}
+    ex = next((p for p in getattr(ex, "parts", [ex]) if hasattr(p, "backbone")), ex)
     from napari_pathsegdiff.models.backbone import default_backbone_folder
 
     bb = ex.backbone
@@ -462,7 +474,7 @@ def main(argv=None) -> int:
     sizes = {"classic": "none", "rgb": "none", "random": "(same architecture, not shipped)"}
     if "weights_bytes" in info:
         mb = f"{info['weights_bytes'] / 1e6:.1f} MB"
-        sizes.update({"diffusion": mb, "diffusion-uncond": mb})
+        sizes.update({k: mb for k in extractors if k.split("+")[0] in ("diffusion", "diffusion-uncond")})
     report["machine"]["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     report["wall_s"] = round(time.perf_counter() - start)
     text = render(report, sizes=sizes)

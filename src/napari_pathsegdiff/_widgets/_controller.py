@@ -38,7 +38,7 @@ class AnnotationController(QObject):
         The head or the features changed.
     message(str, str)
         ``(section, text)``: a message for a section ("model", "classes", "segment", "train",
-        "export"); errors start with "Error: " or name the problem.
+        "synthesize", "export"); errors start with "Error: " or name the problem.
     segmented(object)
         A :class:`~napari_pathsegdiff.engine.annotation.SegmentResult` is on screen.
     train_progress(object)
@@ -46,8 +46,8 @@ class AnnotationController(QObject):
     train_finished(object)
         The training ended: a ``TrainOutcome``, or None when cancelled or failed.
     busy(str, bool)
-        A job ("open", "features", "head", "segment", "train", "suggest", "export") started
-        or ended.
+        A job ("open", "features", "head", "segment", "train", "suggest", "export",
+        "generator", "generate") started or ended.
     suggested(object)
         "Where to label next" moved the view: the ``Suggestion``, or None when there is none.
     exported(object)
@@ -79,6 +79,7 @@ class AnnotationController(QObject):
         self.show_uncertainty = False
         self.live = False
         self.last_train_job: Job | None = None
+        self.include_synthetic = False
         self.last_suggestion = None
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
@@ -154,7 +155,7 @@ class AnnotationController(QObject):
 
     def close_session(self) -> None:
         """Stop the session's jobs and remove its layers (everything is already on disk)."""
-        for name in ("open", "segment", "train", "head"):
+        for name in ("open", "segment", "train", "head", "generator", "generate"):
             if name in self.jobs:
                 self.jobs[name].cancel()
         self.layers.detach()
@@ -410,10 +411,15 @@ class AnnotationController(QObject):
             return
         if "segment" in self.jobs:
             self.jobs["segment"].cancel()
-        session, steps = self.session, self.train_steps
+        session, steps, include = self.session, self.train_steps, self.include_synthetic
 
         def make():
-            return session.train_on_edits(steps=steps)
+            synthetic = []
+            if include:
+                from ..engine.session_synthesis import synthetic_samples
+
+                synthetic = synthetic_samples(session)
+            return session.train_on_edits(steps=steps, synthetic=synthetic)
 
         outcomes = []
 
@@ -423,9 +429,10 @@ class AnnotationController(QObject):
             self.classes_changed.emit()
             last = outcome.result.history[-1]["loss"] if outcome.result.history else float("nan")
             what = "New head trained" if outcome.new_head else "Head fine-tuned"
+            extra = f" and {outcome.synthetic} generated tiles" if outcome.synthetic else ""
             self.message.emit(
                 "train",
-                f"{what} on {sum(outcome.painted.values())} painted px in {outcome.seconds:.1f} s "
+                f"{what} on {sum(outcome.painted.values())} painted px{extra} in {outcome.seconds:.1f} s "
                 f"({outcome.result.steps} steps, last loss {last:.3f}); saved to {outcome.head_folder}.",
             )
             if session is self.session:

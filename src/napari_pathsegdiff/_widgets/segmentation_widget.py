@@ -1,7 +1,7 @@
 """The PathSegDiff dock widget: segment what you see, correct it with a brush, retrain.
 
 The widget is thin: a panel describing the active slide, then one small section per task
-(Model, Classes, Segment, Train, Export), each in its own module and all sharing one
+(Model, Classes, Segment, Train, Synthesize, Export), each in its own module and all sharing one
 :class:`~._controller.AnnotationController` that owns the session, the label layers and the
 background jobs. Another section is added with :meth:`SegmentationWidget.add_section`.
 """
@@ -18,6 +18,7 @@ from ._controller import AnnotationController
 from ._export_section import ExportSection
 from ._model_section import ModelSection
 from ._segment_section import SegmentSection
+from ._synthesize_section import SynthesizeSection
 from ._train_section import TrainSection
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class SegmentationWidget(QWidget):
     ----------
     controller : AnnotationController
         Session, layers and jobs.
-    model_section, classes_section, segment_section, train_section, export_section : QWidget
+    model_section, classes_section, segment_section, train_section, synthesize_section, export_section : QWidget
         The sections.
     """
 
@@ -70,6 +71,7 @@ class SegmentationWidget(QWidget):
         self.classes_section = self.add_section("Classes", ClassesSection(self.controller))
         self.segment_section = self.add_section("Segment", SegmentSection(self.controller))
         self.train_section = self.add_section("Train", TrainSection(self.controller))
+        self.synthesize_section = self.add_section("Synthesize", SynthesizeSection(self.controller))
         self.export_section = self.add_section("Export", ExportSection(self.controller))
         self._sections.addStretch(1)
         scroll = QScrollArea()

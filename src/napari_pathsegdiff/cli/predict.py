@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.progress import drive
     from ..core.region import Region
     from ..engine.predict import predict_region
-    from ..models.features import build_extractor
+    from ..models.features import build_extractor, feature_kind, with_backbone
     from ..models.head import load_head
     from . import UserError
 
@@ -44,12 +44,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--level needs --region Y X H W.")
     head = load_head(args.head)
     config = dict(head.config.feature_config or {})
-    if args.features and args.features != config.get("kind"):
-        raise UserError(f"Head {args.head} needs {config.get('kind')} features, not {args.features}.")
+    if args.features and args.features != feature_kind(config):
+        raise UserError(f"Head {args.head} needs {feature_kind(config)} features, not {args.features}.")
     if args.backbone:
-        if config.get("kind") != "diffusion":
-            raise UserError(f"--backbone applies to diffusion features; head {args.head} uses {config.get('kind')}.")
-        config["backbone"] = args.backbone
+        try:
+            config = with_backbone(config, args.backbone)
+        except ValueError as exc:
+            raise UserError(f"--backbone: head {args.head}: {exc}") from None
     extractor = build_extractor(config, device=args.device)
     head.check_compatible(extractor)
 

@@ -47,18 +47,28 @@ def register(subparsers) -> None:
 
 def add_feature_options(parser: argparse.ArgumentParser) -> None:
     """``--features``, ``--backbone``, ``--device`` (shared by train and predict)."""
-    parser.add_argument("--features", choices=("diffusion", "classic", "rgb"),
-                        help="feature extractor (default: diffusion, or the --init head's)")
+    parser.add_argument("--features", type=_feature_kind, metavar="KIND",
+                        help="diffusion, classic, rgb, or kinds fused with '+' such as diffusion+classic "
+                             "(default: diffusion, or the --init head's)")
     parser.add_argument("--backbone", metavar="default|PATH|HUB_ID",
                         help="diffusion backbone: 'default', a folder or a cached hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def _feature_kind(text: str) -> str:
+    from ..models.features import parse_feature_kind
+
+    try:
+        return parse_feature_kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     from ..core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
     from ..core.progress import drive
     from ..engine.train_head import TrainSample, train_head
-    from ..models.features import build_extractor, make_extractor
+    from ..models.features import build_extractor, feature_kind, make_extractor, with_backbone
     from ..models.head import load_head, save_head
     from . import UserError
 
@@ -75,16 +85,19 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         head = load_head(args.init)
         config = dict(head.config.feature_config)
-        if args.features and args.features != config.get("kind"):
+        if args.features and args.features != feature_kind(config):
             raise UserError(
-                f"--init head {args.init} was trained on {config.get('kind')} features, "
+                f"--init head {args.init} was trained on {feature_kind(config)} features, "
                 f"not {args.features}."
             )
         if args.backbone:
-            config["backbone"] = args.backbone
+            try:
+                config = with_backbone(config, args.backbone)
+            except ValueError as exc:
+                raise UserError(f"--backbone: head {args.init}: {exc}") from None
         extractor = build_extractor(config, device=args.device)
     else:
-        if args.backbone and (args.features or "diffusion") != "diffusion":
+        if args.backbone and "diffusion" not in (args.features or "diffusion").split("+"):
             raise UserError(f"--backbone applies to diffusion features, not --features {args.features}.")
         extractor = make_extractor(args.features or "diffusion", backbone=args.backbone or "default",
                                    device=args.device)

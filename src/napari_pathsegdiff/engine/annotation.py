@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -122,6 +122,8 @@ class TrainOutcome:
         Edited chunks of the store the labels came from.
     seconds : float
         Wall time, features included.
+    synthetic : int
+        Generated pairs trained on besides the edits.
     """
 
     result: object
@@ -130,6 +132,7 @@ class TrainOutcome:
     painted: dict[int, int]
     windows: int
     seconds: float = 0.0
+    synthetic: int = 0
 
 
 def store_ids_for(head_ids: Sequence[int]) -> list[int]:
@@ -439,6 +442,7 @@ class AnnotationSession:
         lr: float = 1e-2,
         batch_size: int = 32,
         feature_batch_size: int = 4,
+        synthetic: Sequence = (),
     ) -> Work[TrainOutcome]:
         """Train the head on every pixel painted on the slide, then save it; a generator.
 
@@ -454,6 +458,9 @@ class AnnotationSession:
             Optimisation steps (default from the number of labelled windows).
         seed, lr, batch_size, feature_batch_size
             See :func:`~napari_pathsegdiff.engine.train_head.train_head`.
+        synthetic : sequence of TrainSample
+            Generated pairs (masks of store ids, 0 not labelled, usually of weight below 1) to
+            train on as well; their classes count as painted ones for choosing the classes.
 
         Raises
         ------
@@ -492,9 +499,17 @@ class AnnotationSession:
                 f"Painted class id(s) {unknown} are not in the class table: add them as classes "
                 "or erase them."
             )
+        synthetic = list(synthetic)
+        generated = {int(v) for s in synthetic for v in np.unique(s.mask)} - {0}
+        unknown = sorted(generated - set(table))
+        if unknown:
+            raise AnnotationError(
+                f"Generated masks hold class id(s) {unknown} that are not in the class table: "
+                "generate them again or train without them."
+            )
         head = self.head
         head_ids = store_ids_for(head.class_ids) if head is not None else []
-        fine_tune = head is not None and set(painted) <= set(head_ids)
+        fine_tune = head is not None and set(painted) | generated <= set(head_ids)
         if fine_tune:
             lut, unlabelled = _store_to_head_lut(head.class_ids)
             class_kwargs = {}
@@ -507,6 +522,7 @@ class AnnotationSession:
             TrainSample(self.slide, lut[m], Region(self.level, y, x, h, w), name=f"edits at y={y}, x={x}")
             for (y, x, h, w), m in zip(windows, masks)
         ]
+        samples += [replace(s, mask=lut[np.asarray(s.mask)]) for s in synthetic]
         result = yield from train_head(
             samples, extractor=extractor, head=head if fine_tune else None, unlabelled=unlabelled,
             steps=steps, seed=seed, lr=lr, cache=self.cache, batch_size=batch_size,
@@ -516,11 +532,11 @@ class AnnotationSession:
         _apply_class_table(trained, table)
         yield Progress("save", 0, 1, "saving the head")
         summary = dict(result.summary(), painted={str(k): v for k, v in painted.items()},
-                       fine_tuned=bool(fine_tune))
+                       fine_tuned=bool(fine_tune), synthetic=len(synthetic))
         folder = save_session_head(self.folder, trained, extra={"training.json": summary})
         self.head = trained
         return TrainOutcome(result, folder, not fine_tune, painted, len(windows),
-                            seconds=time.perf_counter() - t0)
+                            seconds=time.perf_counter() - t0, synthetic=len(synthetic))
 
     # --- suggestions --------------------------------------------------------------------------
     def where_to_label_next(self, *, size: int = 512) -> Suggestion:

@@ -101,13 +101,13 @@ def worker_models(head_dir: str, *, head_identity: str, device: str = "auto", ba
             _models.move_to_end(key)
             return _models[key]
         from ..models.device import resolve_device
-        from ..models.features import build_extractor
+        from ..models.features import build_extractor, with_backbone
         from ..models.head import load_head
 
         head = load_head(head_dir)
         config = dict(head.config.feature_config or {})
         if backbone is not None:
-            config["backbone"] = backbone
+            config = with_backbone(config, backbone)
         extractor = build_extractor(config, device=device)
         head.check_compatible(extractor)
         head.to(resolve_device(device))

@@ -21,6 +21,8 @@ import numpy as np
 from .features_base import FeatureExtractor
 
 KINDS = ("diffusion", "classic", "rgb")
+#: Joins the kinds of fused features on the command line: ``diffusion+classic``.
+FUSE = "+"
 
 
 class ClassicFeatures(FeatureExtractor):
@@ -163,7 +165,8 @@ def build_extractor(config: dict[str, Any], *, device: str = "cpu") -> FeatureEx
     Parameters
     ----------
     config : dict
-        ``{"kind": "diffusion" | "classic" | "rgb", ...settings}``.
+        ``{"kind": "diffusion" | "classic" | "rgb", ...settings}``, or
+        ``{"kind": "fused", "parts": [config, ...]}``.
     device : str
         Torch device of diffusion features (``"cpu"``, ``"cuda"``, ``"auto"``); the filter
         bank and RGB features run on the CPU.
@@ -176,6 +179,13 @@ def build_extractor(config: dict[str, Any], *, device: str = "cpu") -> FeatureEx
         from . import diffusion_features
 
         return diffusion_features.from_config(dict(config), device=device)
+    if kind == "fused":
+        from .fused_features import FusedFeatures
+
+        parts = config.get("parts")
+        if not isinstance(parts, list):
+            raise ValueError(f"A fused feature config needs a list of 'parts', got {parts!r}.")
+        return FusedFeatures([build_extractor(p, device=device) for p in parts])
     cls = {"classic": ClassicFeatures, "rgb": RGBFeatures}.get(kind)
     if cls is None:
         raise ValueError(f"Unknown feature kind {kind!r}: use one of {', '.join(KINDS)}.")
@@ -185,16 +195,80 @@ def build_extractor(config: dict[str, Any], *, device: str = "cpu") -> FeatureEx
         raise ValueError(f"Bad settings for {kind} features {options}: {exc}") from exc
 
 
+def feature_kind(config: dict[str, Any] | None) -> str:
+    """The command-line name of a feature config: ``"classic"``, ``"diffusion+classic"``, ...
+
+    Examples
+    --------
+    >>> feature_kind({"kind": "fused", "parts": [{"kind": "diffusion"}, {"kind": "rgb"}]})
+    'diffusion+rgb'
+    """
+    config = config or {}
+    if config.get("kind") == "fused":
+        return FUSE.join(str(p.get("kind")) for p in config.get("parts", []))
+    return str(config.get("kind"))
+
+
+def with_backbone(config: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """``config`` with its diffusion backbone (of a fused part too) replaced by ``backbone``.
+
+    Raises
+    ------
+    ValueError
+        When the config has no diffusion features, naming the features it has.
+
+    Examples
+    --------
+    >>> with_backbone({"kind": "fused", "parts": [{"kind": "diffusion", "backbone": "default"},
+    ...                {"kind": "rgb"}]}, "my-bb")["parts"][0]["backbone"]
+    'my-bb'
+    """
+    if config.get("kind") == "diffusion":
+        return {**config, "backbone": str(backbone)}
+    if config.get("kind") == "fused" and any(p.get("kind") == "diffusion" for p in config.get("parts", [])):
+        parts = [with_backbone(p, backbone) if p.get("kind") == "diffusion" else p for p in config["parts"]]
+        return {**config, "parts": parts}
+    raise ValueError(f"A backbone applies to diffusion features, not to {feature_kind(config)} features.")
+
+
+def parse_feature_kind(text: str) -> str:
+    """Check a ``--features`` value: one kind, or distinct kinds joined with ``+``.
+
+    Examples
+    --------
+    >>> parse_feature_kind("diffusion+classic")
+    'diffusion+classic'
+    """
+    names = [k.strip() for k in str(text).split(FUSE)]
+    if not names or len(set(names)) != len(names) or any(n not in KINDS for n in names):
+        raise ValueError(f"Unknown features {text!r}: use one of {', '.join(KINDS)}, or distinct ones "
+                         "joined with '+' (e.g. diffusion+classic).")
+    return FUSE.join(names)
+
+
 def make_extractor(
     kind: str, *, backbone: str = "default", device: str = "cpu", **options
 ) -> FeatureExtractor:
     """An extractor by kind, for the command line (``backbone`` matters only for diffusion).
 
+    ``kind`` may join several kinds with ``+`` (``"diffusion+classic"``): their maps are fused
+    (:class:`~napari_pathsegdiff.models.fused_features.FusedFeatures`); ``options`` then go to
+    the diffusion part.
+
     Examples
     --------
     >>> make_extractor("rgb").identity
     'rgb:v1'
+    >>> make_extractor("rgb+classic").channels
+    [3, 60]
     """
+    if FUSE in kind:
+        from .fused_features import FusedFeatures
+
+        names = parse_feature_kind(kind).split(FUSE)
+        parts = [make_extractor(n, backbone=backbone, device=device, **(options if n == "diffusion" else {}))
+                 for n in names]
+        return FusedFeatures(parts)
     if kind == "diffusion":
         return build_extractor({"kind": "diffusion", "backbone": backbone, **options}, device=device)
     return build_extractor({"kind": kind, **options}, device=device)

@@ -349,13 +349,21 @@ def describe_feature_config(config: dict | None) -> str:
     if not config:
         return "unknown features"
     kind = config.get("kind", "?")
+    if kind == "fused":
+        parts = config.get("parts") or []
+        text = "--features " + "+".join(str(p.get("kind")) for p in parts)
+        diffusion = next((p for p in parts if p.get("kind") == "diffusion"), None)
+        return text + (_describe_diffusion(diffusion) if diffusion else "")
     text = f"--features {kind}"
     if kind == "diffusion":
-        text += f" --backbone {config.get('backbone')}"
-        extra = {k: v for k, v in config.items() if k not in ("kind", "backbone")}
-        if extra:
-            text += f" with {extra}"
+        text += _describe_diffusion(config)
     return text
+
+
+def _describe_diffusion(config: dict) -> str:
+    text = f" --backbone {config.get('backbone')}"
+    extra = {k: v for k, v in config.items() if k not in ("kind", "backbone")}
+    return text + (f" with {extra}" if extra else "")
 
 
 def _check_lists(in_channels, strides, class_ids, class_names, class_colors) -> None:
