@@ -235,6 +235,15 @@ def test_export_layout_loads_and_matches_model_card(he_images, tmp_path, capsys)
     key = next(iter(ema))
     assert torch.allclose(backbone.unet.state_dict()[key].float(), ema[key].half().float())
 
+    # defaults chosen by measurement are written to the metadata and the card
+    assert main(["backbone", "export", "--run", str(run), "--out", str(tmp_path / "bb2"),
+                 "--timesteps", "100", "10", "--blocks", "1"]) == 0
+    meta = json.loads((tmp_path / "bb2" / "pathsegdiff_backbone.json").read_text())
+    assert meta["default_timesteps"] == [10, 100] and meta["default_blocks"] == [1]
+    assert "Defaults: timesteps [10, 100], UNet up blocks [1]" in (tmp_path / "bb2" / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="blocks \\[7\\]: each must be in 0..1"):
+        export_backbone(run, tmp_path / "bb3", blocks=[7])
+
 
 def test_export_refuses_a_run_without_unet_checkpoint(he_images, tmp_path):
     run = tmp_path / "run"

@@ -65,6 +65,10 @@ def register(subparsers) -> None:
     export.add_argument("--run", required=True, metavar="DIR", help="the run folder given to train --out")
     export.add_argument("--out", required=True, metavar="DIR", help="destination backbone folder")
     export.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    export.add_argument("--timesteps", type=int, nargs="+", metavar="T",
+                        help="default timesteps of its diffusion features (default: the architecture's)")
+    export.add_argument("--blocks", type=int, nargs="+", metavar="B",
+                        help="default UNet up blocks of its diffusion features (default: the architecture's)")
     export.set_defaults(func=_export)
 
 
@@ -132,6 +136,6 @@ def _log_line(rec) -> None:
 def _export(args: argparse.Namespace) -> int:
     from ..engine.backbone_training import export_backbone
 
-    folder = export_backbone(args.run, args.out, dtype=args.dtype)
+    folder = export_backbone(args.run, args.out, dtype=args.dtype, timesteps=args.timesteps, blocks=args.blocks)
     print(f"backbone written to {folder}")
     return 0

@@ -620,7 +620,8 @@ def _write_json(path: Path, data: dict) -> None:
 # --- export -------------------------------------------------------------------------------
 
 
-def export_backbone(run: str | Path, out: str | Path, *, dtype: str = "float16") -> Path:
+def export_backbone(run: str | Path, out: str | Path, *, dtype: str = "float16",
+                    timesteps: list[int] | None = None, blocks: list[int] | None = None) -> Path:
     """Write the backbone folder (``docs/backbone-format.md``) from a run's latest checkpoints.
 
     Works at any moment of a run once every stage has written a checkpoint, so a partly
@@ -634,11 +635,16 @@ def export_backbone(run: str | Path, out: str | Path, *, dtype: str = "float16")
         Destination folder (replaced).
     dtype : {"float16", "float32"}
         Precision of the written weights.
+    timesteps, blocks : list of int, optional
+        Default timesteps and UNet up blocks of the backbone's diffusion features, written to
+        ``pathsegdiff_backbone.json`` (chosen by measurement, ``scripts/sweep_diffusion_features.py``);
+        by default those of the architecture.
 
     Raises
     ------
     ValueError
-        When the run folder has no run or a stage has no checkpoint yet.
+        When the run folder has no run or a stage has no checkpoint yet, or a timestep or block
+        is out of range.
     """
     from ._model_card import write_model_card
 
@@ -671,7 +677,14 @@ def export_backbone(run: str | Path, out: str | Path, *, dtype: str = "float16")
         model.to(torch_dtype).save_pretrained(tmp / name, safe_serialization=True)
     _scheduler(arch).save_pretrained(tmp / "scheduler")
     meta = dict(arch["meta"])
+    n_t, n_up = int(_scheduler(arch).config.num_train_timesteps), len(unet.up_blocks)
+    for key, values, top in (("default_timesteps", timesteps, n_t), ("default_blocks", blocks, n_up)):
+        if values:
+            if not all(0 <= int(v) < top for v in values):
+                raise ValueError(f"{key[8:]} {list(values)}: each must be in 0..{top - 1}.")
+            meta[key] = sorted({int(v) for v in values})
     _write_json(tmp / "pathsegdiff_backbone.json", meta)
+    record = {**record, "architecture": {**arch, "meta": meta}}
     write_model_card(tmp, record=record, states=states, log=run / LOSS_FILE, models=models, dtype=dtype)
     if out.exists():
         shutil.rmtree(out)
