@@ -124,6 +124,8 @@ def test_the_sample_slide_opens_with_the_widget_and_nothing_is_written(make_napa
     widget = _dock(viewer, tmp_path)
     viewer.open_sample(PLUGIN, "cmu1_small_region")
     assert widget.info()["Slide"] == "CMU-1-Small-Region"
+    assert widget.info()["File"] == "CMU-1-Small-Region.svs"  # the full path is the tooltip
+    assert widget._fields["File"].toolTip().endswith("sample_data/CMU-1-Small-Region.svs")
     assert widget.controller.image_layer == viewer.layers["CMU-1-Small-Region"]
     assert widget.controller.session is None  # nothing is created before the user segments
     assert "Segment view" in widget.segment_section.status.text()
@@ -268,7 +270,8 @@ def test_the_user_can_keep_the_annotations_in_a_folder_they_pick(make_napari_vie
     qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
     session = widget.controller.session
     assert session.folder == tmp_path / "my-annotations" and (session.folder / LABELS).is_dir()
-    assert widget.model_section.folder_label.text() == str(tmp_path / "my-annotations")
+    assert widget.model_section.folder_label.toolTip() == str(tmp_path / "my-annotations")
+    assert widget.model_section.folder_label.text().endswith("my-annotations")
     assert not scene.resolve().with_name("scene.tif.pathsegdiff").exists()
     # another slide takes over; coming back finds the picked folder again
     viewer.open(str(write_scene(tmp_path / "other" / "other.tif")), plugin=PLUGIN)
@@ -443,8 +446,13 @@ def test_choosing_other_features_puts_the_head_aside(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
     section = widget.model_section
     assert section.features_label.text() == "rgb:v1"
+    from napari_pathsegdiff.engine.shipped_models import default_backbone_installed
+
     default = section.features.model().item(0)
-    assert not default.isEnabled() and default.text() == "default backbone (not installed)"
+    installed = default_backbone_installed()
+    assert default.isEnabled() == installed
+    assert default.text() == ("default backbone" if installed else "default backbone (not installed)")
+    section.features.setCurrentIndex(section.features.findData("classic filters"))
     assert section.features.currentData() == "classic filters"
     with qtbot.waitSignal(widget.controller.head_changed, timeout=WAIT_MS):
         section.load_features.click()

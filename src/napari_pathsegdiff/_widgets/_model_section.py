@@ -119,7 +119,8 @@ class ModelSection(QWidget):
         else:
             self.head_label.setText(f"{len(head.class_ids)} classes: {', '.join(head.class_names)}"
                                     + (f" · {head.config.mpp:g} µm/px" if head.config.mpp else ""))
-        self.folder_label.setText(str(session.folder))
+        self.folder_label.setText(_home_short(session.folder))
+        self.folder_label.setToolTip(str(session.folder))
 
     def _message(self, section: str, text: str) -> None:
         if section == "model":
@@ -129,3 +130,14 @@ class ModelSection(QWidget):
         if name in ("features", "open", "head"):
             for w in (self.load_features, self.open_button, self.new_button):
                 w.setEnabled(not on)
+
+
+def _home_short(path) -> str:
+    """``path`` with the home folder written ``~`` (the full path is the label's tooltip)."""
+    from pathlib import Path
+
+    path, home = Path(path), Path.home()
+    try:
+        return str(Path("~") / path.relative_to(home))
+    except ValueError:
+        return str(path)

@@ -8,6 +8,7 @@ background jobs. Another section is added with :meth:`SegmentationWidget.add_sec
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt, QTimer
@@ -133,6 +134,7 @@ class SegmentationWidget(QWidget):
             texts = _describe(layer)
         for key, text in texts.items():
             self._fields[key].setText(text)
+        self._fields["File"].setToolTip(str(layer.metadata.get("slide_path")) if layer is not None else "")
         c = self.controller
         if c.session is None and not c.running("open"):
             c.open_for_layer(self._annotated_slide())
@@ -163,7 +165,7 @@ def _describe(layer: "Layer") -> dict[str, str]:
         levels += f" ({computed} computed)"
     return {
         "Slide": layer.name,
-        "File": str(meta.get("slide_path")),
+        "File": Path(str(meta.get("slide_path"))).name,
         "Levels": levels,
         "µm/px": f"{mpp:.4g}" if mpp else "unknown (scale in pixels)",
         "Objective": f"{objective:g}x" if objective else "unknown",
