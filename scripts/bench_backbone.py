@@ -414,13 +414,16 @@ def main(argv=None) -> int:
                    help="torch threads (default 1: many times faster than 2 on a loaded 2-core machine)")
     p.add_argument("--cache-gb", type=float, default=1.5, help="feature cache budget per dataset and extractor")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--speed-only", action="store_true", help="only the 1024x1024 speed figures (no datasets)")
     args = p.parse_args(argv)
     if args.quick:
         args.datasets = args.datasets or ["glas"]
         args.max_train = args.max_train or 3
         args.max_val = args.max_val or 1
         args.head_steps = args.head_steps or 60
-    datasets = args.datasets or list(DATASETS)
+    datasets = [] if args.speed_only else (args.datasets or list(DATASETS))
+    if args.speed_only and args.skip_speed:
+        p.error("--speed-only and --skip-speed exclude each other")
     if not args.data.is_dir():
         p.error(f"data folder {args.data} does not exist: give --data DIR")
 

@@ -339,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     say(SECTION)
     say()
     say(f"Command: `python scripts/bench_slide_batch.py --sizes {' '.join(map(str, sorted(args.sizes)))} "
-        f"--blocks {args.blocks} --block {args.block}`  ")
-    say(f"Machine: 2-core CPU, 24 GB, no GPU ({platform.processor() or platform.machine()}; CPU shared "
-        f"with other jobs, load average {load[0]:.1f} at the end); date 2026-11-21 (run {date.today()}); "
+        f"--blocks {args.blocks} --block {args.block}"
+        + (f" --backbone {args.backbone}" if args.backbone else "") + "`  ")
+    say(f"Machine: {os.cpu_count()}-core CPU, no GPU ({platform.processor() or platform.machine()}; load "
+        f"average {load[0]:.1f} at the end); date {date.today()}; "
         f"{(time.perf_counter() - started) / 60:.0f} min in all.")
     say()
     say("Synthetic slides: 0.25 µm/px pyramidal TIFFs of real H&E tiles (bench_slide_open.py); the "
