@@ -218,6 +218,37 @@ def test_segment_view_fills_only_the_visible_region(make_napari_viewer, qtbot, s
                                                                                  2 * result.region.x + 0.5]))
 
 
+def test_segment_view_with_the_shipped_head_on_the_sample_slide(make_napari_viewer, qtbot, tmp_path):
+    from napari_pathsegdiff.engine.shipped_models import demo_head_folder
+    from napari_pathsegdiff.models.head import load_head
+
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, tmp_path)
+    viewer.open_sample(PLUGIN, "cmu1_small_region")
+    layer = viewer.layers["CMU-1-Small-Region"]
+    _look_at(viewer, layer, 1400, 600, 1656, 1112, inside=True)  # glass, then tissue from x = 768
+    y0, x0, y1, x1 = _expected_visible(viewer, layer)
+    result = _segment(qtbot, widget)
+    session = widget.controller.session
+    shipped = load_head(demo_head_folder())
+    assert session.head.class_names == shipped.class_names == ["background", "stroma", "nuclei-rich tissue"]
+    assert session.head.config.feature_identity == shipped.config.feature_identity
+    assert session.extractor.identity == shipped.config.feature_identity  # the default backbone's features
+    # the sample is analysed at level 0 (0.499 µm/px for the head's 0.5): the region is the view
+    assert (result.region.y, result.region.x, result.region.y1, result.region.x1) == (y0, x0, y1, x1)
+    overview = np.asarray(widget.controller.layers.overview.data[0])
+    inside = np.zeros(overview.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    assert (overview[~inside] == 0).all()
+    assert set(np.unique(overview[inside])) == {1, 2, 3}
+    # exactly what the engine predicts for that region with the shipped head and default features
+    from napari_pathsegdiff.engine.predict import predict_region
+
+    direct = drive(predict_region(session.slide, result.region, head=shipped, extractor=session.extractor), show=False)
+    np.testing.assert_array_equal(overview[y0:y1, x0:x1], np.asarray(direct.labels))
+    assert not (tmp_path / "user-cache").exists() or session.folder.is_relative_to(tmp_path / "user-cache")
+
+
 def test_live_mode_segments_once_after_the_camera_settles(make_napari_viewer, qtbot, scene, tmp_path):
     _restored_session(scene, tmp_path)
     viewer = make_napari_viewer()
