@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     masks = [read_mask(f) for f in sorted(args.masks.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not masks:
         p.error(f"--masks {args.masks}: no mask images")
-    unknown = sorted(set(np.unique(np.concatenate([np.unique(m) for m in masks]))) - set(gen.class_ids))
+    unknown = sorted({int(v) for m in masks for v in np.unique(m)} - set(gen.class_ids))
     if unknown:
         p.error(f"--masks hold class ids {unknown} that the generator does not know ({gen.class_ids})")
     # style sources: tissue regions of the slides, at the generator's µm/px
