@@ -202,3 +202,22 @@ def test_bad_inputs_exit_2_with_a_clear_message(glas, classic_head, tmp_path, ca
 
     err = _err(capsys, ["eval", "--pred", str(images.parent / "masks"), "--truth", str(gray / "masks")])
     assert "do not match" in err
+
+
+def test_threads_option_sets_torch_threads(glas, classic_head, tmp_path, capsys):
+    import torch
+
+    images, _ = glas
+    before = torch.get_num_threads()
+    try:
+        assert main(["predict", "--head", str(classic_head), "--out", str(tmp_path / "p"), "--threads", "1",
+                     str(images / "train_1.png")]) == 0
+        assert torch.get_num_threads() == 1
+        assert read_mask(tmp_path / "p" / "train_1.png").shape == (128, 160)
+        capsys.readouterr()
+        assert main(["predict", "--head", str(classic_head), "--out", str(tmp_path / "q"), "--threads", "0",
+                     str(images / "train_1.png")]) == 2
+        assert "--threads must be 1 or more, got 0" in capsys.readouterr().err
+        assert not (tmp_path / "q").exists()
+    finally:
+        torch.set_num_threads(before)

@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from ..models.features import build_extractor, feature_kind, with_backbone
     from ..models.head import load_head
     from . import UserError
+    from .generator import set_threads
+
+    set_threads(args.threads)
 
     if args.level is not None and args.region is None:
         raise UserError("--level needs --region Y X H W.")

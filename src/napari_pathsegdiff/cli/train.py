@@ -53,6 +53,8 @@ def add_feature_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", metavar="default|PATH|HUB_ID",
                         help="diffusion backbone: 'default', a folder or a cached hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch's feature extraction (default: torch's; 1 on a busy machine)")
 
 
 def _feature_kind(text: str) -> str:
@@ -71,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from ..models.features import build_extractor, feature_kind, make_extractor, with_backbone
     from ..models.head import load_head, save_head
     from . import UserError
+    from .generator import set_threads
+
+    set_threads(args.threads)
 
     pairs = pair_images_and_masks(args.images, args.masks)
     samples = []
