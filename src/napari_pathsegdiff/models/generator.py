@@ -36,8 +36,7 @@ from torch import nn
 from .guide import GuideEncoder
 from .head import default_class_colors, default_class_names
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+from .strict_folder import CONFIG_FILE, WEIGHTS_FILE, load_strict  # noqa: F401 - re-exported
 AGGREGATIONS = ("mean", "attention")
 
 #: UNet architectures of the generator; channels and attention are filled from the backbone.
@@ -474,37 +473,9 @@ def load_generator(folder: str | Path, *, device: str | torch.device = "cpu") ->
     GeneratorError
         The config or the weights are missing, unreadable, or do not match.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .device import resolve_device
 
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Generator folder {folder} does not exist.")
-    cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not cfg_path.is_file():
-        raise GeneratorError(f"{folder} is not a generator folder: {cfg_path.name} is missing.")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GeneratorError(f"Generator config {cfg_path} is not readable JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("_class_name") != StyleGenerator.__name__:
-        raise GeneratorError(f"{cfg_path} is not the config of a style generator.")
-    if not weights.is_file():
-        raise GeneratorError(f"Generator weights {weights} are missing: the folder is incomplete.")
-    try:
-        gen = StyleGenerator.from_config(config)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise GeneratorError(f"Generator config {cfg_path} is invalid: {exc}") from exc
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise GeneratorError(f"Generator weights {weights} are corrupt or not a safetensors file: {exc}") from exc
-    try:
-        gen.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise GeneratorError(f"Generator weights {weights} do not match {cfg_path.name}: {exc}") from exc
+    gen = load_strict(folder, StyleGenerator, error=GeneratorError, what="Generator")
     return gen.to(resolve_device(device)).eval()
 
 

@@ -33,8 +33,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+from .strict_folder import CONFIG_FILE, WEIGHTS_FILE, load_strict  # noqa: F401 - re-exported
 
 #: Colours given to classes that come without one (index = position in the class list).
 PALETTE = (
@@ -300,36 +299,7 @@ def load_head(folder: str | Path, *, extractor=None) -> SegmentationHead:
     HeadError
         The config or the weights are missing, unreadable, or do not match each other.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Head folder {folder} does not exist.")
-    cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not cfg_path.is_file():
-        raise HeadError(f"{folder} is not a head folder: {cfg_path} is missing.")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HeadError(f"Head config {cfg_path} is not readable JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("_class_name") != SegmentationHead.__name__:
-        raise HeadError(f"{cfg_path} is not the config of a segmentation head.")
-    if not weights.is_file():
-        raise HeadError(f"Head weights {weights} are missing: the head folder is incomplete.")
-    try:
-        head = SegmentationHead.from_config(config)
-    except (TypeError, ValueError) as exc:
-        raise HeadError(f"Head config {cfg_path} is invalid: {exc}") from exc
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise HeadError(f"Head weights {weights} are corrupt or not a safetensors file: {exc}") from exc
-    try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise HeadError(f"Head weights {weights} do not match {cfg_path}: {exc}") from exc
-    head.eval()
+    head = load_strict(folder, SegmentationHead, error=HeadError, what="Head")
     if extractor is not None:
         head.check_compatible(extractor)
     return head
