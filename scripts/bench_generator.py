@@ -145,20 +145,28 @@ def write_subset(root: Path, names, dst: Path) -> tuple[Path, Path]:
 # --- heads ----------------------------------------------------------------------------------
 
 
-def head_scores(real, synthetic, val, *, features, steps, seed):
-    """Per-image mean Dice on the validation images of a head trained on real (+ synthetic)."""
+def head_scores(real, synthetic, val, *, features, steps, seeds):
+    """Per-image mean Dice on the validation images of heads trained on real (+ synthetic),
+    one head per seed; a validation image's score is its mean over the seeds."""
     extractor = make_extractor(features, device="cpu")
     samples = [TrainSample(img, mask, name=n) for n, img, mask in real]
     samples += [TrainSample(img, mask, name=n, weight=w) for n, img, mask, w in synthetic]
-    result = drive(train_head(samples, extractor=extractor, steps=steps, seed=seed), show=False)
-    pairs = []
-    for n, img, truth in val:
-        pred = predict_image(img, head=result.head, extractor=extractor).labels
-        pairs.append((n, pred, truth))
-    ev = evaluate(pairs)
-    per = [s["mean_dice"] for s in ev["per_image"].values() if s["mean_dice"] is not None]
-    return {"mean": float(np.mean(per)), "std": float(np.std(per)), "per_image": per,
-            "pooled_mean_dice": ev["mean_dice"], "windows": result.windows}
+    per_seed, pooled = [], []
+    for seed in seeds:
+        result = drive(train_head(samples, extractor=extractor, steps=steps, seed=seed), show=False)
+        pairs = []
+        for n, img, truth in val:
+            pred = predict_image(img, head=result.head, extractor=extractor).labels
+            pairs.append((n, pred, truth))
+        ev = evaluate(pairs)
+        per_seed.append([ev["per_image"][n]["mean_dice"] for n, _, _ in val])
+        pooled.append(ev["mean_dice"])
+    scores = np.array([[np.nan if v is None else v for v in row] for row in per_seed], dtype=float)
+    per = np.nanmean(scores, axis=0)
+    per = per[~np.isnan(per)]
+    return {"mean": float(np.mean(per)), "std": float(np.std(per)), "per_image": per.tolist(),
+            "seeds": list(seeds), "per_seed_mean": [float(np.nanmean(r)) for r in scores],
+            "pooled_mean_dice": float(np.mean(pooled)), "windows": result.windows}
 
 
 def load_pairs(root: Path, names):
@@ -318,6 +326,7 @@ def main() -> None:
     p.add_argument("--synthetic-weight", type=float, default=0.5)
     p.add_argument("--features", default="classic", choices=("classic", "rgb", "diffusion"))
     p.add_argument("--head-steps", type=int, default=200)
+    p.add_argument("--head-seeds", type=int, default=3, help="heads trained per comparison (seeds); scores are averaged")
     p.add_argument("--fd-tiles", type=int, default=48)
     p.add_argument("--grid", type=Path, help="write the grid picture here (e.g. docs/images/synthetic_grid.png)")
     p.add_argument("--grid-dataset", default="monuseg", choices=list(FOLDERS))
@@ -336,7 +345,8 @@ def main() -> None:
     say(f"Scale: {bb_desc}; generator '{args.config}' trained {args.steps} steps per (dataset, L) at batch "
         f"{args.batch} on {args.tile}-px tiles (style tiles {args.style_size} px, {args.aggregation}); "
         f"{args.n_synthetic} generated pairs per head (weight {args.synthetic_weight}), {args.gen_steps} DDIM "
-        f"steps, guidance {args.guidance}; heads on {args.features} features, {args.head_steps} steps.")
+        f"steps, guidance {args.guidance}; heads on {args.features} features, {args.head_steps} steps, "
+        f"{args.head_seeds} seed(s) averaged per validation image.")
     figures = {"scale": vars(args) | {"backbone": bb_desc}, "datasets": {}}
     figures["scale"] = {k: str(v) if isinstance(v, Path) else v for k, v in figures["scale"].items()}
     if args.time_tiles:
@@ -379,8 +389,9 @@ def main() -> None:
             gen_s = (time.perf_counter() - t0) / args.n_synthetic
             real = load_pairs(root, lab)
             synthetic = read_synthetic(synth_dir, args.synthetic_weight)
-            r_only = head_scores(real, [], val, features=args.features, steps=args.head_steps, seed=args.seed)
-            r_syn = head_scores(real, synthetic, val, features=args.features, steps=args.head_steps, seed=args.seed)
+            seeds = [args.seed + k for k in range(args.head_seeds)]
+            r_only = head_scores(real, [], val, features=args.features, steps=args.head_steps, seeds=seeds)
+            r_syn = head_scores(real, synthetic, val, features=args.features, steps=args.head_steps, seeds=seeds)
             res["runs"][f"L{L}"] = {
                 "labelled": lab, "style_sources": len(unl), "generator_steps": len(losses),
                 "generator_train_s": round(train_s, 1), "first_loss": losses[0], "last_loss_mean": float(np.mean(losses[-50:])),
@@ -389,7 +400,9 @@ def main() -> None:
             say(f"{ds} L={L}: generator {len(losses)} steps ({train_s / 60:.1f} min this call), loss "
                 f"{losses[0]:.3f} -> {np.mean(losses[-50:]):.3f}; {gen_s:.2f} s per {args.tile}-px tile")
             say(f"  Dice per validation image, mean ± std: real only {r_only['mean']:.3f} ± {r_only['std']:.3f}; "
-                f"real + synthetic {r_syn['mean']:.3f} ± {r_syn['std']:.3f}")
+                f"real + synthetic {r_syn['mean']:.3f} ± {r_syn['std']:.3f} (means per head seed: "
+                f"{', '.join(f'{v:.3f}' for v in r_only['per_seed_mean'])} vs "
+                f"{', '.join(f'{v:.3f}' for v in r_syn['per_seed_mean'])})")
         gen, lab_masks = last_gen
         fd, rows = fd_and_grid(gen, backbone, val, lab_masks, tile=args.tile, n=args.fd_tiles, steps=args.gen_steps,
                                guidance=args.guidance, seed=args.seed, grid_rows=4)

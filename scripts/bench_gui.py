@@ -1,0 +1,197 @@
+"""Time to labels on screen in napari: "Segment view" of a 1280x1024 region of the sample slide.
+
+Runs the real GUI (napari window, the PathSegDiff dock widget, its worker thread), so it needs
+a display; with none, run it under Xvfb::
+
+    xvfb-run -a -s "-screen 0 2400x1400x24" python scripts/bench_gui.py [--features diffusion classic]
+
+For each feature set (``diffusion``: the shipped default backbone and demo head; ``classic``:
+a head trained first, on the demo head's labels of a small region, through the widget's own
+"Train on my edits" path, so the timed segmentations use it), the camera is put on a 1280 x 1024
+px region of the bundled sample slide and the widget segments it, as "Segment view" does. Three
+times are printed per run, all from the moment segmenting is asked for:
+
+- *labels in the layer*: the worker is done and the widget has put the labels into the napari
+  Labels layers (the edit window and the overview) — the widget's ``segmented`` signal;
+- *on screen*: the canvas has then drawn a frame (``viewer.screenshot(canvas_only=True)`` renders
+  the scene) and that frame holds the labels' colours;
+- the region is segmented twice: with an empty feature cache, then again with the cache warm.
+
+Before timing, a small region elsewhere on the slide is segmented once, so the session is open
+and the models are loaded (what a user has after their first click).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PLUGIN = "napari-pathsegdiff"
+WIDGET = "PathSegDiff"
+SAMPLE_KEY = "cmu1_small_region"
+REGION = (1200, 700, 1024, 1280)  # y, x, height, width: tissue of the sample slide (2967 x 2220 px)
+WARMUP = (100, 100, 256, 256)
+TIMEOUT_S = float(os.environ.get("BENCH_GUI_TIMEOUT", 900))
+
+
+def say(*args) -> None:
+    print(*args, flush=True)
+
+
+def wait_for(app, signal, *, timeout: float = TIMEOUT_S, start=None, when=lambda *a: True):
+    """Process Qt events until ``signal`` fires with arguments that satisfy ``when`` (returns
+    the first argument); ``start()`` is called after connecting."""
+    got = []
+
+    def seen(*a):
+        if os.environ.get("BENCH_GUI_DEBUG"):
+            say("   signal:", a)
+        if when(*a):
+            got.append(a)
+
+    signal.connect(seen)
+    if start is not None:
+        start()
+    t0 = time.perf_counter()
+    try:
+        while not got:
+            app.processEvents()
+            time.sleep(0.002)
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"no {signal} within {timeout:.0f} s")
+    finally:
+        signal.disconnect(seen)
+    return got[0][0] if got[0] else None
+
+
+def label_pixels_on_canvas(viewer, controller) -> int:
+    """Canvas pixels the plugin's Labels layers change (a screenshot with them, one without)."""
+    layers = [lay for lay in (controller.layers.window_layer, controller.layers.overview) if lay is not None]
+    shown = viewer.screenshot(canvas_only=True, flash=False)
+    for lay in layers:
+        lay.visible = False
+    hidden = viewer.screenshot(canvas_only=True, flash=False)
+    for lay in layers:
+        lay.visible = True
+    return int((np.abs(shown.astype(int) - hidden.astype(int)).sum(-1) > 30).sum())
+
+
+def timed_segment(app, viewer, controller, region) -> dict:
+    t0 = time.perf_counter()
+    result = wait_for(app, controller.segmented, start=lambda: controller.segment_region(region))
+    t_layer = time.perf_counter() - t0
+    shot = viewer.screenshot(canvas_only=True, flash=False)  # renders a frame of the scene
+    t_screen = time.perf_counter() - t0
+    return {"labels_in_layer_s": t_layer, "on_screen_s": t_screen, "engine_s": float(result.seconds),
+            "label_canvas_px": label_pixels_on_canvas(viewer, controller),
+            "canvas_px": int(shot.shape[0] * shot.shape[1])}
+
+
+def run_features(app, kind: str, store: Path) -> dict:
+    import napari
+
+    from napari_pathsegdiff._widgets._viewport import show_region
+    from napari_pathsegdiff.core.region import Region
+
+    viewer = napari.Viewer(title=f"bench {kind}", show=True)
+    viewer.window.resize(2350, 1350)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    controller = widget.controller
+    controller.store_root = store / kind  # a new, empty session folder (before the slide opens)
+    if kind == "classic":
+        from napari_pathsegdiff.models.features import make_extractor
+
+        controller.use_extractor(make_extractor("classic"))
+    viewer.open_sample(PLUGIN, SAMPLE_KEY)
+    layer = viewer.layers[0]
+    app.processEvents()
+    y, x, h, w = WARMUP
+    if controller.session is None:  # the widget opens the slide's session (a worker) unless it has already
+        wait_for(app, controller.session_changed,
+                 start=lambda: controller.running("open") or controller._with_session("segment", lambda: None))
+    # without a head (classic) the view becomes an empty window to paint in
+    wait_for(app, controller.message, start=lambda: controller.segment_region(Region(0, y, x, h, w)),
+             when=lambda section, text: section == "segment" and text.startswith(("Segmented", "No trained head")))
+    say(f"  {kind}: session open, {controller.session.extractor.identity}")
+    if kind == "classic":
+        train_classic_head(app, controller)
+    y, x, h, w = REGION
+    region = Region(0, y, x, h, w)
+    show_region(viewer, layer, region, layer.metadata.get("downsamples", [1.0]), fill=1.0)
+    for _ in range(20):
+        app.processEvents()
+    canvas = tuple(int(s) for s in viewer.canvas.size)
+    runs = {"empty cache": timed_segment(app, viewer, controller, region),
+            "warm cache": timed_segment(app, viewer, controller, region)}
+    viewer.close()
+    return {"canvas": canvas, "runs": runs}
+
+
+def train_classic_head(app, controller) -> None:
+    """A classic-features head for the demo head's classes, trained through the widget
+    ("Train on my edits") on the demo head's labels of a 512 x 512 px region painted as edits;
+    returns once the widget has segmented the view again after training."""
+    from napari_pathsegdiff.core.label_store import ClassInfo
+    from napari_pathsegdiff.core.progress import drive
+    from napari_pathsegdiff.core.region import Region
+    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.shipped_models import demo_head_folder
+    from napari_pathsegdiff.models.features import make_extractor
+    from napari_pathsegdiff.models.head import load_head
+
+    session = controller.session
+    demo = load_head(demo_head_folder())
+    y, x, h, w = 300, 1400, 512, 512
+    labels = drive(predict_region(session.slide, Region(0, y, x, h, w), head=demo,
+                                  extractor=make_extractor("diffusion")), show=False).labels
+    assert controller.set_classes([ClassInfo(i, n, c) for i, n, c in
+                                   zip(demo.class_ids, demo.class_names, demo.class_colors)])
+    session.store.write_edits(y, x, np.asarray(labels, np.uint8))
+    say(f"  classic: training a head on {h}x{w} px of edits (the demo head's labels)")
+    outcome = wait_for(app, controller.train_finished, start=controller.train)
+    say(f"  classic: head trained in {outcome.seconds:.1f} s (new head: {outcome.new_head})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--features", nargs="+", default=["diffusion", "classic"], choices=("diffusion", "classic"))
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    args = p.parse_args()
+    if not os.environ.get("DISPLAY"):
+        raise SystemExit("No display: run under Xvfb (xvfb-run -a -s \"-screen 0 2400x1400x24\" python ...).")
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import napari  # noqa: F401 - creates the Qt application on first viewer
+
+    say(f"GUI benchmark, {datetime.date.today()}: napari {napari.__version__}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average "
+        f"{os.getloadavg()[0]:.1f}")
+    say("Command: xvfb-run -a -s \"-screen 0 2400x1400x24\" python scripts/bench_gui.py " + " ".join(sys.argv[1:]))
+    from napari.qt import get_qapp
+
+    app = get_qapp()
+    assert isinstance(app, QApplication)
+    y, x, h, w = REGION
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.features:
+            out = run_features(app, kind, Path(tmp))
+            say(f"{kind}: region {w}x{h} px at (y={y}, x={x}) of the sample slide, canvas {out['canvas'][1]}x{out['canvas'][0]}")
+            for name, r in out["runs"].items():
+                say(f"  {name}: labels in the layer {r['labels_in_layer_s']:.2f} s (engine {r['engine_s']:.2f} s), "
+                    f"on screen {r['on_screen_s']:.2f} s; canvas pixels coloured by the labels: "
+                    f"{r['label_canvas_px']} of {r['canvas_px']}")
+
+
+if __name__ == "__main__":
+    main()
