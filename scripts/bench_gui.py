@@ -37,7 +37,7 @@ import numpy as np
 PLUGIN = "napari-pathsegdiff"
 WIDGET = "PathSegDiff"
 SAMPLE_KEY = "cmu1_small_region"
-REGION = (1200, 700, 1024, 1280)  # y, x, height, width: tissue of the sample slide (2967 x 2220 px)
+REGION = (800, 400, 1024, 1280)  # y, x, height, width: the view of scripts/bench_annotation.py
 WARMUP = (100, 100, 256, 256)
 TIMEOUT_S = float(os.environ.get("BENCH_GUI_TIMEOUT", 900))
 
