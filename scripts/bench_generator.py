@@ -4,7 +4,9 @@ For each dataset (GlaS, Gleason, MoNuSeg; fixed train / validation split of
 ``core.splits``) and each number of labelled images L (1 and 3):
 
 1. a generator is trained on the L labelled train images (layouts from their masks) with the
-   *other* train images (other patients, unlabelled) as style sources;
+   *other* train images (other patients, unlabelled) as style sources (where no other train
+   image is left, Gleason with L = 3, the generator trains on nearby patches of the labelled
+   images as styles and the labelled images are the style sources of the generated tiles);
 2. ``--n-synthetic`` tiles are generated from layouts cut from the labelled masks, in the
    styles of the unlabelled images;
 3. two heads are trained on the same features (``--features``, default ``classic``): on the L
@@ -362,6 +364,7 @@ def main() -> None:
         last_gen = None
         for L in args.labelled:
             lab, unl = order[:L], order[L:]
+            style_names = unl or lab  # no other train image (Gleason, L = 3): styles of the labelled images
             work = args.work / ds / f"L{L}"
             images, masks = write_subset(root, lab, work / "labelled")
             settings = make_settings(
@@ -377,7 +380,7 @@ def main() -> None:
             losses = [json.loads(x)["loss"] for x in (work / "run" / "losses.jsonl").read_text().splitlines()]
             gen = load_generator(folder)
             last_gen = (gen, [read_mask(masks / n) for n in lab])
-            pool = drive(style_pool([root / "images" / n for n in unl], tile_size=args.style_size, mpp=gen.config.mpp,
+            pool = drive(style_pool([root / "images" / n for n in style_names], tile_size=args.style_size, mpp=gen.config.mpp,
                                     n_tiles=max(16, args.n_synthetic * 3), seed=args.seed), show=False)
             from napari_pathsegdiff.engine.layouts import layout_tiles
 
@@ -393,7 +396,7 @@ def main() -> None:
             r_only = head_scores(real, [], val, features=args.features, steps=args.head_steps, seeds=seeds)
             r_syn = head_scores(real, synthetic, val, features=args.features, steps=args.head_steps, seeds=seeds)
             res["runs"][f"L{L}"] = {
-                "labelled": lab, "style_sources": len(unl), "generator_steps": len(losses),
+                "labelled": lab, "style_sources": len(unl) if unl else "the labelled images (no other train image)", "generator_steps": len(losses),
                 "generator_train_s": round(train_s, 1), "first_loss": losses[0], "last_loss_mean": float(np.mean(losses[-50:])),
                 "s_per_generated_tile": round(gen_s, 3), "real_only": r_only, "real_plus_synthetic": r_syn,
             }

@@ -563,3 +563,31 @@ def test_where_to_label_next_moves_the_view_to_unpainted_uncertain_tissue(make_n
     y0, x0, y1, x1 = _expected_visible(viewer, layer)
     assert y0 <= r0.y and r0.y1 <= y1 and x0 <= r0.x and r0.x1 <= x1  # all of it in view
     assert (y1 - y0) < 2 * r0.height or (x1 - x0) < 2 * r0.width  # and zoomed to it
+
+
+def test_jobs_show_progress_in_the_section_not_in_napari_s_progress_bar(make_napari_viewer, qtbot, monkeypatch,
+                                                                       tmp_path):
+    # napari's progress bar keeps the window repainting while it is shown, which took two
+    # thirds of the CPU from a segmentation on a machine without a GPU (scripts/bench_gui.py)
+    from napari_pathsegdiff._widgets import _controller
+    from napari_pathsegdiff.core.progress import Progress
+
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, tmp_path)
+    controller = widget.controller
+    messages = []
+    controller.message.connect(lambda section, text: messages.append((section, text)))
+
+    def work():
+        yield Progress("features", 1, 4, "")
+        yield Progress("features", 2, 4, "")  # within the throttle interval: not shown
+        return 7
+
+    results = []
+    monkeypatch.setattr(_controller, "PROGRESS_NOTE_S", 60.0)
+    with qtbot.waitSignal(controller.busy, timeout=WAIT_MS, check_params_cb=lambda name, on: not on):
+        job = controller._start("demo", work, description="Segmenting the view", section="segment",
+                                on_done=results.append)
+    assert job._bar is None
+    assert results == [7]
+    assert messages == [("segment", "Segmenting the view: features (1/4)…")]
