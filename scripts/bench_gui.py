@@ -15,7 +15,9 @@ times are printed per run, all from the moment segmenting is asked for:
   Labels layers (the edit window and the overview) — the widget's ``segmented`` signal;
 - *on screen*: the canvas has then drawn a frame (``viewer.screenshot(canvas_only=True)`` renders
   the scene) and that frame holds the labels' colours;
-- the region is segmented twice: with an empty feature cache, then again with the cache warm.
+- the region is segmented twice: with an empty feature cache, then again with the cache warm;
+- then "Train on my edits" after 10 more strokes in the view: the time to the trained head and
+  to the view segmented again with it.
 
 Before timing, a small region elsewhere on the slide is segmented once, so the session is open
 and the models are loaded (what a user has after their first click).
@@ -140,8 +142,29 @@ def run_features(app, kind: str, store: Path) -> dict:
     canvas = tuple(int(s) for s in viewer.canvas.size)
     runs = {"empty cache": timed_segment(app, viewer, controller, region),
             "warm cache": timed_segment(app, viewer, controller, region)}
+    train = timed_train(app, controller, region)
     viewer.close()
-    return {"canvas": canvas, "runs": runs}
+    return {"canvas": canvas, "runs": runs, "train": train}
+
+
+def timed_train(app, controller, region) -> dict:
+    """"Train on my edits" after 10 strokes painted in the view (16 x 160 px bands of the
+    view's own labels, swapped to another class so the head has something to learn): time to
+    the trained head, then to the view segmented again with it."""
+    store = controller.session.store
+    labels = store.read(region.y, region.x, region.height, region.width)
+    ids = [c.id for c in controller.session.classes]
+    for i in range(10):
+        y, x = 40 + 90 * i, 100 + 100 * (i % 5)
+        band = labels[y : y + 16, x : x + 160]
+        swapped = np.asarray(ids, np.uint8)[(np.searchsorted(ids, band) + 1) % len(ids)]
+        store.write_edits(region.y + y, region.x + x, swapped)
+    got = {}
+    t0 = time.perf_counter()
+    controller.train_finished.connect(lambda outcome: got.setdefault("trained", time.perf_counter() - t0))
+    result = wait_for(app, controller.segmented, start=controller.train)
+    return {"trained_s": got.get("trained"), "resegmented_s": time.perf_counter() - t0,
+            "segment_engine_s": float(result.seconds)}
 
 
 def train_classic_head(app, controller) -> None:
@@ -200,6 +223,9 @@ def main() -> None:
                 say(f"  {name}: labels in the layer {r['labels_in_layer_s']:.2f} s (engine {r['engine_s']:.2f} s), "
                     f"on screen {r['on_screen_s']:.2f} s; canvas pixels coloured by the labels: "
                     f"{r['label_canvas_px']} of {r['canvas_px']}; process CPU time {r['cpu_s']:.2f} s")
+            t = out["train"]
+            say(f"  Train on my edits (10 strokes of 16x160 px more): head trained {t['trained_s']:.2f} s, "
+                f"view segmented again {t['resegmented_s']:.2f} s (that segmentation's engine {t['segment_engine_s']:.2f} s)")
 
 
 if __name__ == "__main__":
