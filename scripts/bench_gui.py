@@ -148,7 +148,7 @@ def run_features(app, kind: str, store: Path) -> dict:
 
 
 def timed_train(app, controller, region) -> dict:
-    """"Train on my edits" after 10 strokes painted in the view (16 x 160 px bands of the
+    """Time "Train on my edits" after 10 strokes painted in the view (16 x 160 px bands of the
     view's own labels, swapped to another class so the head has something to learn): time to
     the trained head, then to the view segmented again with it."""
     store = controller.session.store

@@ -583,11 +583,14 @@ def test_jobs_show_progress_in_the_section_not_in_napari_s_progress_bar(make_nap
         yield Progress("features", 2, 4, "")  # within the throttle interval: not shown
         return 7
 
-    results = []
+    from napari.utils import progress
+
+    results, bars = [], []
     monkeypatch.setattr(_controller, "PROGRESS_NOTE_S", 60.0)
     with qtbot.waitSignal(controller.busy, timeout=WAIT_MS, check_params_cb=lambda name, on: not on):
-        job = controller._start("demo", work, description="Segmenting the view", section="segment",
-                                on_done=results.append)
-    assert job._bar is None
+        controller._start("demo", work, description="Segmenting the view", section="segment",
+                          on_done=results.append)
+        bars.append(len(progress._all_instances))  # napari's bars open while the job runs
+    assert bars == [0]
     assert results == [7]
     assert messages == [("segment", "Segmenting the view: features (1/4)…")]

@@ -20,9 +20,10 @@ from ._viewport import camera, show_region, visible_region
 from ._work import Job
 
 LIVE_DELAY_MS = 400
-#: Shortest interval between two progress notes in a section's status (seconds).
-PROGRESS_NOTE_S = 0.5
 """Camera changes are debounced this long before "Live" segments the new view."""
+
+PROGRESS_NOTE_S = 0.5
+"""Shortest interval between two progress notes in a section's status (seconds)."""
 
 FEATURE_CHOICES = ("default backbone", "backbone folder", "classic filters")
 _NO_SLIDE = "No slide open: open a slide (File > Open, or File > Open Sample > PathSegDiff)."
@@ -108,13 +109,10 @@ class AnnotationController(QObject):
             if on_error is not None:
                 on_error(exc)
 
-        if on_progress is None:
+        if on_progress is None:  # sections with no progress display of their own get notes
             on_progress = self._progress_note(section, description)
-        # the widget shows progress in its sections: napari's own progress bar keeps the window
-        # repainting while it is shown, which takes the CPU from the job on machines that draw
-        # without a GPU (three times slower segmentation, scripts/bench_gui.py)
         job = Job(make, description=description, on_progress=on_progress, on_done=on_done,
-                  on_error=failed, on_finished=finished, show_progress=False)
+                  on_error=failed, on_finished=finished)
         self.jobs[name] = job
         self.busy.emit(name, True)
         return job

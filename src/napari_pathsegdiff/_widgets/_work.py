@@ -1,4 +1,9 @@
-"""Run the engine's progress generators in napari thread workers, with a progress bar.
+"""Run the engine's progress generators in napari thread workers.
+
+Progress goes to the ``on_progress`` callback (the widget shows it in its sections), not to
+napari's progress bar: while that bar is shown it keeps the window repainting, which takes the
+CPU from the job on a machine that draws without a GPU (segmenting was about 4 times slower,
+``scripts/bench_gui.py``).
 
 The generator is *made* inside the worker thread (``make()`` runs there), so heavy imports and
 model loading never block the GUI. Results, progress records and errors come back through
@@ -27,7 +32,7 @@ class Job:
     make : callable
         Returns the engine generator (called in the worker thread).
     description : str
-        Shown on the napari progress bar.
+        What the job does, in words (for progress notes).
     on_progress, on_done, on_error, on_finished : callable, optional
         Main-thread callbacks: each :class:`~napari_pathsegdiff.core.progress.Progress`, the
         result, the exception, and the end of the job whatever happened (called last).
@@ -51,7 +56,6 @@ class Job:
         on_done: Callable | None = None,
         on_error: Callable | None = None,
         on_finished: Callable | None = None,
-        show_progress: bool = True,
     ):
         from napari.qt.threading import create_worker
 
@@ -62,11 +66,6 @@ class Job:
         self.detached = False
         self._on_progress, self._on_done = on_progress, on_done
         self._on_error, self._on_finished = on_error, on_finished
-        self._bar = None
-        if show_progress:
-            from napari.utils import progress
-
-            self._bar = progress(total=0, desc=description)
         self.worker = create_worker(self._run, make, _start_thread=False)
         self.worker.yielded.connect(self._yielded)
         self.worker.returned.connect(self._returned)
@@ -118,10 +117,6 @@ class Job:
     def _yielded(self, record) -> None:
         if self.detached:
             return
-        if self._bar is not None and hasattr(record, "stage"):
-            self._bar.total = max(int(record.total or 0), 0)
-            self._bar.n = int(record.done)
-            self._bar.set_description(f"{self.description}: {record.stage}")
         if self._on_progress is not None and not self.cancelled:
             self._on_progress(record)
 
@@ -136,8 +131,5 @@ class Job:
 
     def _finished(self) -> None:
         self.running = False
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
         if self._on_finished is not None and not self.detached:
             self._on_finished(self)

@@ -18,6 +18,17 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear line, exit status 2."""
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads`` for a subcommand's ``--threads`` (nothing when ``None``)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be 1 or more, got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand of this package."""
     parser = argparse.ArgumentParser(

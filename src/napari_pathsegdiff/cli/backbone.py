@@ -76,16 +76,12 @@ def _train(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    import torch
-
     from ..core.progress import drive
     from ..engine.backbone_data import parse_mpp_map
     from ..engine.backbone_training import make_settings, train_backbone
+    from . import set_threads
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be 1 or more, got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     steps = {f"steps_{s}": getattr(args, f"steps_{s}") for s in ("guide", "vae", "unet")}
     if args.steps is not None:
         steps = {k: (v if v is not None else args.steps) for k, v in steps.items()}

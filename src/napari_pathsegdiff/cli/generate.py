@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.layouts import LayoutSampler, layout_tiles, read_layout_masks
     from ..models.generator import generator_identity, load_generator
     from . import UserError
-    from .generator import set_threads
+    from . import set_threads
 
     set_threads(args.threads)
     if args.n < 1:

@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..core.progress import drive
     from ..engine.generator_training import make_settings, train_generator
     from ..models.backbone import load_backbone
-    from . import UserError
+    from . import UserError, set_threads
 
     set_threads(args.threads)
     settings = make_settings(
@@ -119,15 +119,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads`` for ``--threads`` (nothing when ``None``)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be 1 or more, got {threads}.")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.features import build_extractor, feature_kind, with_backbone
     from ..models.head import load_head
     from . import UserError
-    from .generator import set_threads
+    from . import set_threads
 
     set_threads(args.threads)
 

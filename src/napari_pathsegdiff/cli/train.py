@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.features import build_extractor, feature_kind, make_extractor, with_backbone
     from ..models.head import load_head, save_head
     from . import UserError
-    from .generator import set_threads
+    from . import set_threads
 
     set_threads(args.threads)
 
