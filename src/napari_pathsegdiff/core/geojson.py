@@ -65,12 +65,7 @@ def class_polygons(
         # With positive_orientation="high", rings around foreground wind one way in (x, y)
         # and rings around holes the other way.
         (holes if shapely.is_ccw(poly.exterior) else outers).append(poly)
-    holes_of: list[list[Polygon]] = [[] for _ in outers]
-    for hole in holes:
-        point = hole.representative_point()
-        inside = [i for i, o in enumerate(outers) if o.contains(point)]
-        if inside:
-            holes_of[min(inside, key=lambda i: outers[i].area)].append(hole)
+    holes_of = _assign_holes(outers, holes)
     out = []
     for outer, its_holes in zip(outers, holes_of):
         poly = Polygon(outer.exterior.coords, [h.exterior.coords for h in its_holes])
@@ -81,6 +76,27 @@ def class_polygons(
         if poly.area >= min_area:
             out.append(poly)
     return out
+
+
+def _assign_holes(outers: list[Polygon], holes: list[Polygon]) -> list[list[Polygon]]:
+    """The holes of each outer ring: a hole belongs to the smallest outer ring containing it.
+
+    Containment is tested with the hole's whole ring, not one of its points: an island inside
+    a hole lies inside the hole's ring, so a point of the hole's area can fall in the island
+    and pick the island as parent. Rings traced from one mask never cross, so the smallest
+    outer ring around a hole's ring is the area the hole is cut from.
+    """
+    holes_of: list[list[Polygon]] = [[] for _ in outers]
+    if not outers or not holes:
+        return holes_of
+    hole_index, outer_index = shapely.STRtree(outers).query(holes, predicate="within")
+    parent: dict[int, int] = {}
+    for h, o in zip(hole_index.tolist(), outer_index.tolist()):
+        if h not in parent or outers[o].area < outers[parent[h]].area:
+            parent[h] = o
+    for h, o in sorted(parent.items()):
+        holes_of[o].append(holes[h])
+    return holes_of
 
 
 def labels_to_geojson(
