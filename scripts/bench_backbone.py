@@ -348,7 +348,7 @@ def speed_1024(extractor, slide) -> dict:
     from napari_pathsegdiff.core.progress import drive
     from napari_pathsegdiff.core.region import Region
     from napari_pathsegdiff.engine.predict import predict_region
-    from napari_pathsegdiff.models.head import new_head
+    from napari_pathsegdiff.models.heads import new_head
 
     torch.manual_seed(SEED)
     head = new_head(extractor, [0, 1, 2]).eval()  # speed does not depend on trained weights

@@ -61,7 +61,7 @@ def make_extractor(spec: str):
 def random_head(extractor, classes=(1, 2, 3)):
     import torch
 
-    from napari_pathsegdiff.models.head import new_head
+    from napari_pathsegdiff.models.heads import new_head
 
     torch.manual_seed(0)
     return new_head(extractor, list(classes)).eval()

@@ -177,7 +177,7 @@ def train_classic_head(app, controller) -> None:
     from napari_pathsegdiff.engine.predict import predict_region
     from napari_pathsegdiff.engine.shipped_models import demo_head_folder
     from napari_pathsegdiff.models.features import make_extractor
-    from napari_pathsegdiff.models.head import load_head
+    from napari_pathsegdiff.models.heads import load_head
 
     session = controller.session
     demo = load_head(demo_head_folder())

@@ -63,7 +63,7 @@ def make_heads(tmp: Path, backbone: str | None) -> dict[str, tuple[Path, str]]:
     from napari_pathsegdiff.models.backbone_configs import get_config
     from napari_pathsegdiff.models.diffusion_features import DiffusionFeatures
     from napari_pathsegdiff.models.features import ClassicFeatures
-    from napari_pathsegdiff.models.head import new_head, save_head
+    from napari_pathsegdiff.models.heads import new_head, save_head
 
     heads = {}
     classic = ClassicFeatures()

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     from napari_pathsegdiff.core.slide import open_slide
     from napari_pathsegdiff.engine.train_head import TrainSample, train_head
     from napari_pathsegdiff.models.features import make_extractor
-    from napari_pathsegdiff.models.head import save_head
+    from napari_pathsegdiff.models.heads import save_head
 
     extractor = make_extractor(args.features, backbone=args.backbone, device=args.device)
     with open_slide(sample_slide_path()) as slide:

@@ -26,7 +26,7 @@ from napari_pathsegdiff.engine.session_folder import (
     session_folder_for,
 )
 from napari_pathsegdiff.models.features import ClassicFeatures, RGBFeatures
-from napari_pathsegdiff.models.head import WEIGHTS_FILE, HeadError, save_head
+from napari_pathsegdiff.models.heads import WEIGHTS_FILE, HeadError, save_head
 
 STEPS = 40
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from napari_pathsegdiff.cli import main
 from napari_pathsegdiff.core.images import read_mask
-from napari_pathsegdiff.models.head import WEIGHTS_FILE, load_head
+from napari_pathsegdiff.models.heads import WEIGHTS_FILE, load_head
 
 SAMPLE_SLIDE = Path(__file__).resolve().parents[1] / "src" / "napari_pathsegdiff" / "sample_data" / "CMU-1-Small-Region.svs"
 FAST = ["--steps", "12", "--device", "cpu"]

@@ -11,7 +11,7 @@ from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.engine.predict import predict_region
 from napari_pathsegdiff.models.features import RGBFeatures
-from napari_pathsegdiff.models.head import new_head
+from napari_pathsegdiff.models.heads import new_head
 
 
 def _value(n, fill=1.0):

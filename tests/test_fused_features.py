@@ -14,7 +14,7 @@ from napari_pathsegdiff.models.features import (
     with_backbone,
 )
 from napari_pathsegdiff.models.fused_features import FusedFeatures
-from napari_pathsegdiff.models.head import HeadError, describe_feature_config, load_head, new_head
+from napari_pathsegdiff.models.heads import HeadError, describe_feature_config, load_head, new_head
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_pathsegdiff.models.features import ClassicFeatures, RGBFeatures, build_extractor
-from napari_pathsegdiff.models.head import (
+from napari_pathsegdiff.models.heads import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     HeadError,

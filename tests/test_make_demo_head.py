@@ -11,7 +11,7 @@ import pytest
 
 from napari_pathsegdiff._sample_data import sample_slide_path
 from napari_pathsegdiff.core.slide import open_slide
-from napari_pathsegdiff.models.head import load_head
+from napari_pathsegdiff.models.heads import load_head
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_demo_head.py"
 

@@ -21,7 +21,7 @@ from napari_pathsegdiff.engine.predict import predict_region
 from napari_pathsegdiff.engine.shipped_models import default_backbone_installed, demo_head_folder
 from napari_pathsegdiff.models.backbone import backbone_identity, default_backbone_folder, load_backbone
 from napari_pathsegdiff.models.features import build_extractor, make_extractor
-from napari_pathsegdiff.models.head import load_head
+from napari_pathsegdiff.models.heads import load_head
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "napari_pathsegdiff" / "sample_data" / "CMU-1-Small-Region.svs"
 

@@ -33,7 +33,7 @@ from napari_pathsegdiff.engine.predict import predict_region
 from napari_pathsegdiff.engine.slide_batch import segment_slides
 from napari_pathsegdiff.engine.train_head import TrainSample, train_head
 from napari_pathsegdiff.models.features import RGBFeatures, build_extractor
-from napari_pathsegdiff.models.head import load_head, save_head
+from napari_pathsegdiff.models.heads import load_head, save_head
 
 MPP = 0.499
 BLOCK = 256

@@ -12,7 +12,7 @@ from napari_pathsegdiff.core.slide import Slide
 from napari_pathsegdiff.core.tiling import Box, Stitcher, TileGrid
 from napari_pathsegdiff.engine.predict import predict_region
 from napari_pathsegdiff.models.features import ClassicFeatures, RGBFeatures
-from napari_pathsegdiff.models.head import new_head
+from napari_pathsegdiff.models.heads import new_head
 
 
 def _image(h=150, w=170, seed=0):

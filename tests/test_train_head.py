@@ -12,7 +12,7 @@ from napari_pathsegdiff.core.progress import Progress, drive
 from napari_pathsegdiff.engine.predict import predict_image
 from napari_pathsegdiff.engine.train_head import train_head
 from napari_pathsegdiff.models.features import RGBFeatures
-from napari_pathsegdiff.models.head import HeadError, load_head, save_head
+from napari_pathsegdiff.models.heads import HeadError, load_head, save_head
 
 H, W = 96, 128
 
@@ -159,7 +159,7 @@ def test_bad_training_input_is_refused(rgb):
 def test_window_scores_equal_whole_tile_scores_at_labelled_pixels(strides):
     """Training windows see exactly what a whole-tile prediction computes at their labels."""
     from napari_pathsegdiff.engine.train_head import _window_scores, _windows
-    from napari_pathsegdiff.models.head import SegmentationHead
+    from napari_pathsegdiff.models.heads import SegmentationHead
 
     outer, channels = 96, [5, 6, 7][: len(strides)]
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ from napari_pathsegdiff.core.slide import open_slide
 from napari_pathsegdiff.engine.annotation import AnnotationSession
 from napari_pathsegdiff.engine.session_folder import HEAD, LABELS
 from napari_pathsegdiff.models.features import ClassicFeatures, RGBFeatures
-from napari_pathsegdiff.models.head import WEIGHTS_FILE, save_head
+from napari_pathsegdiff.models.heads import WEIGHTS_FILE, save_head
 
 pytestmark = pytest.mark.gui
 
@@ -220,7 +220,7 @@ def test_segment_view_fills_only_the_visible_region(make_napari_viewer, qtbot, s
 
 def test_segment_view_with_the_shipped_head_on_the_sample_slide(make_napari_viewer, qtbot, tmp_path):
     from napari_pathsegdiff.engine.shipped_models import demo_head_folder
-    from napari_pathsegdiff.models.head import load_head
+    from napari_pathsegdiff.models.heads import load_head
 
     viewer = make_napari_viewer()
     widget = _dock(viewer, tmp_path)

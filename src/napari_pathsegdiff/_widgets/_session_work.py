@@ -27,7 +27,7 @@ def open_session_work(path, *, folder, root, extractor, remember: bool = False):
     if not (folder / HEAD).is_dir() and demo is not None and default_backbone_installed() and (
         extractor is None or extractor.kind == "diffusion"
     ):
-        from ..models.head import load_head
+        from ..models.heads import load_head
 
         head = load_head(demo)
     session = AnnotationSession.open(slide, folder=folder, extractor=extractor, head=head,

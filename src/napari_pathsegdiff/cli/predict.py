@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.region import Region
     from ..engine.predict import predict_region
     from ..models.features import build_extractor, feature_kind, with_backbone
-    from ..models.head import load_head
+    from ..models.heads import load_head
     from . import UserError
     from . import set_threads
 

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.progress import drive
     from ..engine.train_head import TrainSample, train_head
     from ..models.features import build_extractor, feature_kind, make_extractor, with_backbone
-    from ..models.head import load_head, save_head
+    from ..models.heads import load_head, save_head
     from . import UserError
     from . import set_threads
 

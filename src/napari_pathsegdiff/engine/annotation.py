@@ -221,7 +221,7 @@ class AnnotationSession:
         HeadError
             ``head`` does not suit ``extractor``.
         """
-        from ..models.head import HeadError, load_head
+        from ..models.heads import HeadError, load_head
 
         folder = Path(folder) if folder is not None else session_folder_for(slide, root=root)
         saved = None
@@ -300,7 +300,7 @@ class AnnotationSession:
     # --- head and features --------------------------------------------------------------------
     def set_extractor(self, extractor) -> None:
         """Use ``extractor``; a head made for other features is put aside (kept on disk)."""
-        from ..models.head import HeadError
+        from ..models.heads import HeadError
 
         self.extractor = extractor
         if self.head is not None:
@@ -343,7 +343,7 @@ class AnnotationSession:
             The folder is missing or not a head, or the head was trained for other features
             (another backbone): the message gives the reason; nothing is changed.
         """
-        from ..models.head import load_head
+        from ..models.heads import load_head
 
         self.set_head(load_head(folder))
 
@@ -355,7 +355,7 @@ class AnnotationSession:
 
     def save_head_as(self, folder: str | Path) -> Path:
         """Write the current head to ``folder`` (a head folder, replaced atomically)."""
-        from ..models.head import save_head
+        from ..models.heads import save_head
 
         head = self._require_head()
         return save_head(head, folder)

@@ -102,7 +102,7 @@ def worker_models(head_dir: str, *, head_identity: str, device: str = "auto", ba
             return _models[key]
         from ..models.device import resolve_device
         from ..models.features import build_extractor, with_backbone
-        from ..models.head import load_head
+        from ..models.heads import load_head
 
         head = load_head(head_dir)
         config = dict(head.config.feature_config or {})

@@ -119,16 +119,14 @@ def predict_region(
     n_classes = len(head.class_ids)
     stitcher = Stitcher(box, n_classes if stitch_probs else 1, dtype=np.float16 if stitch_probs else np.uint8)
     hits0, misses0 = (cache.hits, cache.misses) if cache is not None else (0, 0)
-    device = next(head.parameters()).device
-    head.eval()
+    device = head.device
     done = 0
     yield Progress("predict", 0, len(tiles), f"{len(tiles)} tiles")
     for batch in iter_tile_features(
         slide, region.level, grid, tiles, extractor, cache=cache, batch_size=batch_size
     ):
         maps = [torch.from_numpy(np.stack([f[i] for _, f in batch])).to(device) for i in range(len(batch[0][1]))]
-        with torch.inference_mode():
-            probs = torch.softmax(head(maps).float(), dim=1).cpu().numpy()
+        probs = head.predict_proba(maps).cpu().numpy()
         for (tile, _), p in zip(batch, probs):
             stitcher.add(tile, p.astype(np.float16) if stitch_probs else p.argmax(0)[None].astype(np.uint8))
         done += len(batch)

@@ -109,10 +109,10 @@ def save_session_head(folder: str | Path, head, *, extra: dict | None = None) ->
     """Save ``head`` as the session's current head, keeping the one it replaces.
 
     The current head is first copied to ``head-previous/`` (through a temporary folder and a
-    rename), then the new one is written by :func:`~napari_pathsegdiff.models.head.save_head`,
+    rename), then the new one is written by :func:`~napari_pathsegdiff.models.heads.save_head`,
     which swaps a complete folder in: an interruption at any point leaves a complete head.
     """
-    from ..models.head import save_head
+    from ..models.heads import save_head
 
     folder = Path(folder)
     current = folder / HEAD

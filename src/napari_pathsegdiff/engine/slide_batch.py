@@ -462,7 +462,7 @@ def _check_batch(slides, options: BatchOptions) -> list[Path]:
 
 
 def _read_head(folder: Path) -> _Head:
-    from ..models.head import load_head
+    from ..models.heads import load_head
 
     head = load_head(folder)
     classes = list(zip(head.class_ids, head.class_names, head.class_colors))

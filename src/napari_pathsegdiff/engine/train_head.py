@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..core.feature_cache import FeatureCache
 from ..core.progress import Progress, Work
 from ..core.region import Region
-from ..models.head import SegmentationHead, new_head
+from ..models.heads import SegmentationHead, new_head
 from .tile_features import (
     analysis_scale,
     as_slide,

@@ -3,7 +3,7 @@
 PathSegDiff's decoder features describe tissue context; the filter bank and the pixels
 describe edges and colour at full resolution. Fusing them lets one head use both. Each part
 keeps its own maps, so the head standardises and reduces every map by itself (see
-:mod:`~napari_pathsegdiff.models.head`): wide diffusion maps do not drown narrow ones.
+:mod:`~napari_pathsegdiff.models.heads`): wide diffusion maps do not drown narrow ones.
 
 All parts see the same tile at the same scale: the fused extractor works at the µm/px of
 the first part that has one (the diffusion backbone's), with the largest halo and tile size

@@ -1,0 +1,140 @@
+"""The registry of head kinds, and one folder format for all of them.
+
+``load_head`` reads ``_class_name`` from the folder's ``config.json`` and lets that class read
+the folder, as diffusers does for its models; ``save_head`` writes any head atomically.
+Adding a head kind is one module plus one :func:`register_head` call.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..strict_folder import CONFIG_FILE
+from .base import HeadError, json_default
+
+_BY_KIND: dict[str, type] = {}
+_BY_CLASS: dict[str, type] = {}
+
+
+def register_head(cls: type) -> type:
+    """Make a head class known by its ``head_kind`` and its class name (usable as a decorator)."""
+    kind = str(getattr(cls, "head_kind", ""))
+    if not kind or kind == "auto" or kind in _BY_KIND:
+        raise ValueError(f"Head kind {kind!r} is empty, reserved or already registered.")
+    _BY_KIND[kind] = cls
+    _BY_CLASS[cls.__name__] = cls
+    return cls
+
+
+def head_kinds() -> tuple[str, ...]:
+    """Registered head kinds, in registration order (``fcn``, ``forest``, ...)."""
+    return tuple(_BY_KIND)
+
+
+def head_class(kind: str) -> type:
+    """The class of a head kind; a :class:`ValueError` listing the kinds otherwise."""
+    try:
+        return _BY_KIND[kind]
+    except KeyError:
+        raise ValueError(f"Unknown head {kind!r}: use one of {', '.join(_BY_KIND)}.") from None
+
+
+def load_head(folder: str | Path, *, extractor=None):
+    """Load a head folder of any kind, in eval mode.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Folder written by :func:`save_head`.
+    extractor : FeatureExtractor, optional
+        When given, the head must be compatible with it.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder does not exist.
+    HeadError
+        The config names no known head kind, or its files are missing, unreadable or do not
+        match each other.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Head folder {folder} does not exist.")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise HeadError(f"{folder} is not a head folder: {path} is missing.")
+    try:
+        name = json.loads(path.read_text()).get("_class_name")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise HeadError(f"Head config {path} is not readable JSON: {exc}") from exc
+    cls = _BY_CLASS.get(name)
+    if cls is None:
+        raise HeadError(f"{path} is not the config of a head (its class is {name!r}; known heads: "
+                        f"{', '.join(c.__name__ for c in _BY_CLASS.values())}).")
+    head = cls.read_folder(folder)
+    if extractor is not None:
+        head.check_compatible(extractor)
+    return head
+
+
+def load_head_and_extractor(folder: str | Path, *, backbone: str | None = None, device: str = "cpu"):
+    """The head in ``folder`` and the feature extractor it was trained on, checked together.
+
+    Parameters
+    ----------
+    folder : str or Path
+        A head folder.
+    backbone : str, optional
+        Replace the backbone of the head's diffusion features (a moved or renamed folder);
+        the identity check still applies.
+    device : str
+        Torch device of the extractor and of a network head.
+    """
+    from ..device import resolve_device
+    from ..features import build_extractor, with_backbone
+
+    head = load_head(folder)
+    config = dict(head.config.feature_config or {})
+    if backbone:
+        config = with_backbone(config, backbone)
+    extractor = build_extractor(config, device=device)
+    head.check_compatible(extractor)
+    if hasattr(head, "to"):
+        head.to(resolve_device(device))
+    return head, extractor
+
+
+def save_head(head, folder: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``head`` (and JSON files ``extra``: {file name: object}) to ``folder`` atomically.
+
+    Everything is written to a temporary folder beside it, then swapped in, so an interrupted
+    save never leaves a half-written head. An existing ``folder`` is replaced only when it is
+    empty or a head folder.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise HeadError(f"{folder} is a file: give a folder for the head.")
+        if any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
+            raise HeadError(f"{folder} exists and is not a head folder: choose another folder.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        head.write_folder(tmp)
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, default=json_default))
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{tmp.name.rsplit('.', 1)[-1]}")
+            folder.rename(old)
+        tmp.rename(folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
