@@ -1,4 +1,5 @@
-"""``pathsegdiff backbone``: train a backbone on unlabelled H&E, and export a run's backbone.
+"""``pathsegdiff backbone``: train a backbone on unlabelled H&E, export a run's backbone, or
+convert a CompVis checkpoint of the pathology LDM of Graikos et al.
 
 Examples
 --------
@@ -7,6 +8,7 @@ Examples
     pathsegdiff backbone train --data slides/ tiles/ --out runs/my-backbone
     pathsegdiff backbone train --data slides/ tiles/ --out runs/my-backbone --resume
     pathsegdiff backbone export --run runs/my-backbone --out my-backbone
+    pathsegdiff backbone convert --checkpoint crc20x.ckpt --config only_patch_20x.yaml --out ldm-crc20x
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    """Add the ``backbone`` subcommand with its ``train`` and ``export`` actions."""
+    """Add the ``backbone`` subcommand with its ``train``, ``export`` and ``convert`` actions."""
     parser = subparsers.add_parser(
         "backbone",
         help="train a backbone (guide, autoencoder, UNet) on unlabelled H&E, or export one",
@@ -70,6 +72,29 @@ def register(subparsers) -> None:
     export.add_argument("--blocks", type=int, nargs="+", metavar="B",
                         help="default UNet up blocks of its diffusion features (default: the architecture's)")
     export.set_defaults(func=_export)
+
+    convert = actions.add_parser(
+        "convert",
+        help="convert a CompVis checkpoint of the pathology LDM (Graikos et al.) into a backbone folder",
+        description="Convert a CompVis latent-diffusion checkpoint of the pathology LDM of Graikos "
+        "et al. (BRCA 20x, CRC 20x, ...) and its yaml into a backbone folder (diffusers UNet and "
+        "VQModel, DDIM scheduler, conditioning embedder; safetensors). Runs offline, once.",
+    )
+    convert.add_argument("--checkpoint", required=True, metavar="FILE", help="the .ckpt (or .safetensors) file")
+    convert.add_argument("--config", required=True, metavar="YAML", help="its project yaml (e.g. only_patch_20x.yaml)")
+    convert.add_argument("--out", required=True, metavar="DIR", help="the backbone folder to write (must not exist)")
+    convert.add_argument("--mpp", type=float, default=0.5,
+                         help="µm/px of the training tiles (default 0.5, the 20x models; 2.0 for 5x)")
+    convert.add_argument("--name", help="backbone name (default: the checkpoint's file name)")
+    convert.add_argument("--ssl-encoder", metavar="FOLDER_OR_CACHED_ID",
+                         help="the model's self-supervised encoder as a transformers folder or a cached "
+                         "hub id (copied into the backbone); without it the features use the "
+                         "unconditional tokens")
+    convert.add_argument("--trust-checkpoint", action="store_true",
+                         help="unpickle a checkpoint that the safe loader refuses (only for a file you trust)")
+    convert.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                         help="precision of the written weights (default float32)")
+    convert.set_defaults(func=_convert)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -134,4 +159,21 @@ def _export(args: argparse.Namespace) -> int:
 
     folder = export_backbone(args.run, args.out, dtype=args.dtype, timesteps=args.timesteps, blocks=args.blocks)
     print(f"backbone written to {folder}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models.compvis_convert import convert_compvis_checkpoint
+
+    folder = convert_compvis_checkpoint(
+        args.checkpoint, args.config, args.out, mpp=args.mpp, name=args.name,
+        ssl_encoder=args.ssl_encoder, trust_checkpoint=args.trust_checkpoint,
+        dtype=getattr(torch, args.dtype), log=lambda line: print(line, flush=True),
+    )
+    print(f"backbone written to {folder}")
+    if args.ssl_encoder is None:
+        print("note: no --ssl-encoder: the features use the model's unconditional tokens (zero "
+              "SSL embeddings); heads trained on them refuse a backbone converted with an encoder")
     return 0

@@ -59,14 +59,18 @@ class Backbone:
     tile_size : int
         Side of the training tiles in pixels.
     conditioning : str
-        ``"guide"`` (the guide's embedding is the context), ``"text-null"`` (a cross-attention
-        UNet without a guide: it always gets the null context) or ``"none"`` (no context).
+        ``"guide"`` (the guide's embedding is the context), ``"ssl"`` (the self-supervised
+        conditioning of a converted pathology LDM, see :attr:`ssl`), ``"text-null"`` (a
+        cross-attention UNet without a guide: it always gets the null context) or ``"none"``
+        (no context).
     default_timesteps, default_blocks : list of int
         Feature settings used unless the user chooses others.
     identity : str
         ``name@<12 hex digits>``, the hash of the weights files (see ``docs/backbone-format.md``).
     source : str
         Where it came from: ``"default"``, a folder or a hub id.
+    ssl : SSLConditioning or None
+        Embedder (and optional SSL encoder) of the context (``conditioning == "ssl"``).
     """
 
     vae: Any
@@ -81,6 +85,7 @@ class Backbone:
     default_blocks: list[int]
     identity: str
     source: str
+    ssl: Any = None
 
     @property
     def latent_factor(self) -> int:
@@ -92,6 +97,8 @@ class Backbone:
         device = resolve_device(device)
         for model in self._models().values():
             model.to(device)
+        if self.ssl is not None:
+            self.ssl.to(device)
         return self
 
     def save(self, folder: str | Path) -> Path:
@@ -116,12 +123,16 @@ class Backbone:
         for sub, model in self._models().items():
             model.save_pretrained(folder / sub, safe_serialization=True)
         self.scheduler.save_pretrained(folder / "scheduler")
+        if self.ssl is not None and self.ssl.encoder is not None:
+            from .ssl_conditioning import save_ssl_encoder
+
+            save_ssl_encoder(self.ssl.encoder, folder / "ssl_encoder")
         meta = {
             "format": FORMAT,
             "name": self.name,
             "mpp": self.mpp,
             "tile_size": int(self.tile_size),
-            "conditioning": "guide" if self.conditioning == "guide" else "none",
+            "conditioning": self.conditioning if self.conditioning in ("guide", "ssl") else "none",
             "default_timesteps": [int(t) for t in self.default_timesteps],
             "default_blocks": [int(b) for b in self.default_blocks],
         }
@@ -133,6 +144,8 @@ class Backbone:
         models = {"vae": self.vae, "unet": self.unet}
         if self.guide is not None:
             models["guide"] = self.guide
+        if self.ssl is not None:
+            models["ssl_embedder"] = self.ssl.embedder
         return models
 
 
@@ -201,8 +214,8 @@ def load_backbone(
 def backbone_identity(folder: str | Path) -> str:
     """Identity ``name@<12 hex>`` of a backbone folder (see ``docs/backbone-format.md``).
 
-    The hash is the SHA-256 of the weights files of its components (vae, unet, guide), sorted
-    by relative path, each path (UTF-8, ``/``-separated) followed by the file's bytes.
+    The hash is the SHA-256 of the weights files of its components (vae, unet, guide,
+    ssl_embedder, ssl_encoder), sorted by relative path, each path (UTF-8, ``/``-separated) followed by the file's bytes.
     """
     folder = Path(folder)
     layout = _layout(folder)
@@ -333,11 +346,29 @@ def _load_folder(folder: Path, *, source: str, name_hint: str, dtype: torch.dtyp
     if "guide" in comps:
         guide = _load_model(folder / comps["guide"], ("GuideEncoder",), dtype, cls=GuideEncoder)
     scheduler = _load_scheduler(folder / comps["scheduler"])
+    ssl = _load_ssl(folder, comps, dtype) if "ssl_embedder" in comps else None
     meta = dict(layout["meta"])
     meta.setdefault("name", name_hint)
-    backbone = _assemble(vae, unet, scheduler, guide, meta, source=source, where=str(layout["meta_file"]))
+    backbone = _assemble(vae, unet, scheduler, guide, meta, source=source, where=str(layout["meta_file"]), ssl=ssl)
     backbone.identity = f"{backbone.name}@{_weights_hash(folder, comps)}"
     return backbone
+
+
+def _load_ssl(folder: Path, comps: dict[str, str], dtype: torch.dtype):
+    """The SSL conditioning of a converted pathology LDM: embedder, and encoder when present."""
+    from .ssl_conditioning import ConditioningEmbedder, SSLConditioning, SSLEncoderError, load_ssl_encoder
+
+    embedder = _load_model(folder / comps["ssl_embedder"], ("ConditioningEmbedder",), dtype, cls=ConditioningEmbedder)
+    encoder = None
+    if "ssl_encoder" in comps:
+        try:
+            encoder = load_ssl_encoder(folder / comps["ssl_encoder"], dtype=dtype)
+        except SSLEncoderError as exc:
+            raise BackboneError(str(exc)) from exc
+    try:
+        return SSLConditioning(embedder, encoder)
+    except SSLEncoderError as exc:
+        raise BackboneError(f"Backbone {folder}: {exc}") from exc
 
 
 def _layout(folder: Path) -> dict:
@@ -353,6 +384,10 @@ def _layout(folder: Path) -> dict:
         comps = {"vae": "vae", "unet": "unet", "scheduler": "scheduler"}
         if (folder / "guide").exists() or meta.get("conditioning") == "guide":
             comps["guide"] = "guide"
+        if meta.get("conditioning") == "ssl":
+            comps["ssl_embedder"] = "ssl_embedder"
+            if (folder / "ssl_encoder").exists():
+                comps["ssl_encoder"] = "ssl_encoder"
     elif index_file.is_file():
         index = _read_json(index_file)
         meta_file = index_file
@@ -386,13 +421,17 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _weights_files(component: Path) -> tuple[list[Path], str | None]:
-    """The safetensors files of one component folder and the diffusers variant they are."""
-    single = component / f"{WEIGHTS}.safetensors"
+def _weights_files(component: Path, weights: str = WEIGHTS) -> tuple[list[Path], str | None]:
+    """The safetensors files of one component folder and the diffusers variant they are.
+
+    ``weights`` is the file stem: diffusers' ``diffusion_pytorch_model``, or ``model`` for the
+    transformers SSL encoder.
+    """
+    single = component / f"{weights}.safetensors"
     if single.is_file():
         return [single], None
     for variant in (None, "fp16", "bf16"):
-        stem = WEIGHTS if variant is None else f"{WEIGHTS}.{variant}"
+        stem = weights if variant is None else f"{weights}.{variant}"
         index = component / f"{stem}.safetensors.index.json"
         if index.is_file():
             weight_map = _read_json(index).get("weight_map")
@@ -408,16 +447,16 @@ def _weights_files(component: Path) -> tuple[list[Path], str | None]:
     if any(component.glob("*.bin")) or any(component.glob("*.ckpt")) or any(component.glob("*.pt")):
         raise BackboneError(
             f"{component}: weights are only in a pickle format (.bin/.ckpt/.pt), which this program "
-            f"never loads because unpickling can run code. Convert them to {WEIGHTS}.safetensors."
+            f"never loads because unpickling can run code. Convert them to {weights}.safetensors."
         )
-    raise BackboneError(f"{component}: missing weights file {WEIGHTS}.safetensors.")
+    raise BackboneError(f"{component}: missing weights file {weights}.safetensors.")
 
 
 def _weights_hash(folder: Path, comps: dict[str, str]) -> str:
     files: list[Path] = []
     for role, sub in comps.items():
         if role != "scheduler":
-            files += _weights_files(folder / sub)[0]
+            files += _weights_files(folder / sub, "model" if role == "ssl_encoder" else WEIGHTS)[0]
     digest = hashlib.sha256()
     for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
         digest.update(path.relative_to(folder).as_posix().encode())
@@ -524,7 +563,7 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 # --- checks shared by loading and building --------------------------------------------------
 
 
-def _assemble(vae, unet, scheduler, guide, meta: dict, *, source: str, where: str) -> Backbone:
+def _assemble(vae, unet, scheduler, guide, meta: dict, *, source: str, where: str, ssl=None) -> Backbone:
     """Check that the parts fit together and fill defaults from the UNet."""
     unet_cls = type(unet).__name__
     cond_unet = unet_cls == "UNet2DConditionModel"
@@ -550,10 +589,17 @@ def _assemble(vae, unet, scheduler, guide, meta: dict, *, source: str, where: st
         conditioning = "guide"
     elif declared == "guide":
         raise BackboneError(f"{where}: conditioning is 'guide' but there is no guide/ folder.")
+    elif ssl is not None:
+        if not cond_unet or context_dim(unet) != ssl.embedder.config.context_dim:
+            raise BackboneError(
+                f"{where}: the SSL embedder makes {ssl.embedder.config.context_dim}-wide tokens but "
+                f"the UNet ({unet_cls}) cross-attends to {context_dim(unet)}."
+            )
+        conditioning = "ssl"
     else:
         conditioning = "text-null" if cond_unet else "none"
-    if declared not in (None, "guide", "none"):
-        raise BackboneError(f"{where}: conditioning must be 'guide' or 'none', got {declared!r}.")
+    if declared not in (None, "guide", "ssl", "none"):
+        raise BackboneError(f"{where}: conditioning must be 'guide', 'ssl' or 'none', got {declared!r}.")
 
     n_up = len(unet.up_blocks)
     n_t = int(scheduler.config.num_train_timesteps)
@@ -584,6 +630,7 @@ def _assemble(vae, unet, scheduler, guide, meta: dict, *, source: str, where: st
         default_blocks=sorted(set(blocks)),
         identity="",
         source=source,
+        ssl=ssl,
     )
 
 

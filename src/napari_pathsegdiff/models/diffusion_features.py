@@ -48,8 +48,9 @@ class DiffusionFeatures(FeatureExtractor):
     seed : int
         Seed of the noise added to the latents.
     conditioned : bool
-        Give the UNet the guide's embedding of the tile (when the backbone has a guide);
-        ``False`` gives the null (zero) context, the unconditional model.
+        Give the UNet the guide's embedding of the tile (when the backbone has a guide), or the
+        SSL encoder's (a converted pathology LDM with an encoder); ``False`` gives the
+        unconditional context: zeros, or the SSL embedder's unconditional tokens.
     device : str or torch.device
         ``"cpu"`` (default), ``"cuda"`` or ``"auto"``; CUDA runs under bf16/fp16 autocast.
     batch_size : int
@@ -119,7 +120,7 @@ class DiffusionFeatures(FeatureExtractor):
     def identity(self) -> str:
         t = ",".join(map(str, self.timesteps))
         b = ",".join(map(str, self.blocks))
-        cond = self.conditioned and self.backbone.conditioning == "guide"
+        cond = self._context_kind() in ("guide", "ssl-encoder")
         return f"diffusion:{self.backbone.identity}:t={t}:blocks={b}:seed={self.seed}:cond={int(cond)}"
 
     @property
@@ -131,7 +132,7 @@ class DiffusionFeatures(FeatureExtractor):
         return self._probe[1]
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "kind": "diffusion",
             "backbone": self.backbone.source,
             "timesteps": list(self.timesteps),
@@ -139,6 +140,19 @@ class DiffusionFeatures(FeatureExtractor):
             "seed": self.seed,
             "conditioned": self.conditioned,
         }
+        if self.backbone.ssl is not None:  # recorded in a head: SSL encoder or unconditional tokens
+            config["context"] = self._context_kind()
+        return config
+
+    def _context_kind(self) -> str:
+        """What the UNet cross-attends to, for the record: ``guide``, ``ssl-encoder``,
+        ``ssl-unconditional``, ``null`` or ``none``."""
+        bb = self.backbone
+        if context_dim(bb.unet) is None:
+            return "none"
+        if bb.ssl is not None:
+            return "ssl-encoder" if self.conditioned and bb.ssl.conditioned else "ssl-unconditional"
+        return "guide" if self.conditioned and bb.guide is not None else "null"
 
     def extract(self, tiles: np.ndarray) -> list[np.ndarray]:
         """Feature maps of a batch of RGB tiles.
@@ -218,7 +232,10 @@ class DiffusionFeatures(FeatureExtractor):
         dim = context_dim(bb.unet)
         if dim is None:
             return {}
-        if self.conditioned and bb.guide is not None:
+        if bb.ssl is not None:  # a converted pathology LDM: its unconditional tokens are the biases
+            context = bb.ssl.context(x) if self.conditioned else bb.ssl.unconditional(len(x))
+            context = context.to(dtype)
+        elif self.conditioned and bb.guide is not None:
             context = bb.guide.context(x)
         else:  # the null condition: zeros, as in training with condition dropout
             tokens = getattr(bb.guide, "num_tokens", 1)
