@@ -52,6 +52,7 @@ __all__ = [
     "remove_folder",
     "recover_folder",
     "leftovers",
+    "umask_permissions",
 ]
 
 _TMP, _OLD, _TRASH = "tmp", "old", "trash"
@@ -127,7 +128,7 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         write(tmp)
         if not tmp.is_file():
             raise FileNotFoundError(f"Writing {path}: the writer made no file at {tmp}.")
-        os.chmod(tmp, 0o666 & ~_umask())
+        umask_permissions(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -173,7 +174,7 @@ def replace_folder(dest: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     tmp.mkdir()
     try:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
+        umask_permissions(tmp)
         _fsync_tree(tmp)
     except BaseException:
         _remove(tmp)
@@ -259,6 +260,13 @@ def leftovers(dest: str | os.PathLike) -> list[tuple[str, Path]]:
         if match:
             found.append((match.group("kind") or _TMP, entry))
     return sorted(found, key=lambda kp: kp[1].name)
+
+
+def umask_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions ``open``/``mkdir`` give a new file or folder under the
+    process umask (``tempfile`` makes private ones: ``0600`` files, ``0700`` folders)."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import shapely
 from shapely.geometry import Polygon, mapping
 from skimage.measure import find_contours
 
+from .atomic import write_text_atomic
 from .region import yx_to_xy
 
 
@@ -153,8 +154,4 @@ def labels_to_geojson(
 
 def write_geojson(path: str | Path, collection: dict) -> Path:
     """Write a FeatureCollection to ``path`` (atomically: a crash leaves the old file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(collection))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(collection))

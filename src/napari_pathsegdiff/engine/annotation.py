@@ -38,6 +38,8 @@ from .session_folder import (
     HEAD,
     LABELS,
     UNCERTAINTY,
+    lock_session_folder,
+    recover_session_folder,
     retire_session_head,
     save_session_head,
     session_folder_for,
@@ -174,6 +176,7 @@ class AnnotationSession:
         self.cache = cache if cache is not None else FeatureCache()
         self.notes: list[str] = []
         self._tissue: np.ndarray | None = None
+        self._lock = None  # the session folder's lock, set by open()
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
@@ -191,6 +194,11 @@ class AnnotationSession:
         restore_head: bool = True,
     ) -> "AnnotationSession":
         """Open the session of ``slide``, creating its store on first use.
+
+        The session folder is locked for this process until :meth:`close` (sessions of one
+        process share the lock): a second process that opens the same folder is refused with
+        :class:`~napari_pathsegdiff.core.locks.FolderInUse`, naming the process that has it
+        open. Leftovers of a head save that was killed are repaired first (see ``notes``).
 
         Parameters
         ----------
@@ -220,12 +228,27 @@ class AnnotationSession:
             The folder holds the store of another slide, or a saved head that cannot be read.
         HeadError
             ``head`` does not suit ``extractor``.
+        FolderInUse
+            Another process has this session folder open (a ``ValueError``).
         """
+        folder = Path(folder) if folder is not None else session_folder_for(slide, root=root)
+        lock = lock_session_folder(folder)
+        try:
+            return cls._open_locked(slide, folder, lock, extractor=extractor, head=head,
+                                    classes=classes, analysis_mpp=analysis_mpp, cache=cache,
+                                    restore_head=restore_head)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, slide, folder: Path, lock, *, extractor, head, classes, analysis_mpp,
+                     cache, restore_head) -> "AnnotationSession":
+        """:meth:`open`, once the session folder is locked by this process."""
         from ..models.heads import HeadError, load_head
 
-        folder = Path(folder) if folder is not None else session_folder_for(slide, root=root)
+        notes = recover_session_folder(folder)
         saved = None
-        notes = []
         if head is None and restore_head and (folder / HEAD).is_dir():
             try:
                 saved = load_head(folder / HEAD)
@@ -242,6 +265,7 @@ class AnnotationSession:
         store, level = _open_store(slide, folder / LABELS, extractor=extractor, head=given,
                                    classes=classes, analysis_mpp=analysis_mpp)
         session = cls(slide, store, folder, level=level, extractor=extractor, cache=cache)
+        session._lock = lock
         if head is not None:
             session.set_head(head)
         elif saved is not None:
@@ -251,6 +275,22 @@ class AnnotationSession:
                 notes.append(f"The head saved in {folder / HEAD} was not loaded: {exc}")
         session.notes.extend(notes)
         return session
+
+    def close(self) -> None:
+        """Release the session folder (its lock); everything is already on disk.
+
+        A session dropped without ``close()`` releases it when garbage-collected, and the
+        operating system releases it when the process ends.
+        """
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> "AnnotationSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # --- classes ----------------------------------------------------------------------------
     @property

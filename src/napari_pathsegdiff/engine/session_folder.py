@@ -11,6 +11,17 @@ A session folder holds everything a person made for one slide:
 ``head-previous/``
     the head it replaced.
 
+Heads are replaced as whole folders (:mod:`~napari_pathsegdiff.core.atomic`); a save killed
+between its two renames is repaired by :func:`recover_session_folder` when the session is
+opened again: the head it was replacing is put back, and leftovers of killed saves are deleted.
+
+One process at a time has a session folder open: it holds the lock ``.session.lock`` in the
+folder (:func:`lock_session_folder`), and a second process opening the same folder is refused
+with a message naming the first (process, host, since when). Refusing, rather than opening a
+read-only view, keeps the rule simple for both people: every edit a session accepts is kept,
+and no one paints strokes that are then thrown away. The lock ends with the process, so a
+crashed napari never blocks the folder.
+
 By default the folder is ``<slide file>.pathsegdiff`` beside the slide. When that folder cannot
 be written (a read-only share), or the slide lies inside this package (the bundled sample), it
 is ``<user cache>/napari-pathsegdiff/stores/<hash of the slide's identity>`` instead, where the
@@ -26,11 +37,21 @@ import os
 import shutil
 from pathlib import Path
 
+from ..core.atomic import (
+    recover_folder,
+    remove_folder,
+    replace_folder,
+    umask_permissions,
+    write_text_atomic,
+)
+from ..core.locks import FolderInUse, FolderLock
+
 FOLDER_SUFFIX = ".pathsegdiff"
 LABELS = "labels.zarr"
 UNCERTAINTY = "uncertainty.zarr"
 HEAD = "head"
 PREVIOUS_HEAD = "head-previous"
+SESSION_LOCK = ".session.lock"
 
 
 def user_store_root() -> Path:
@@ -73,10 +94,7 @@ def remember_folder(identity: str, folder: str | Path, *, root: str | Path | Non
     """Remember that the session of the slide ``identity`` lives in ``folder`` (picked by the user)."""
     root = Path(root or user_store_root())
     root.mkdir(parents=True, exist_ok=True)
-    pointer = root / f"{identity_hash(identity)}.folder"
-    tmp = pointer.with_name(pointer.name + ".partial")
-    tmp.write_text(str(Path(folder).resolve()) + "\n", encoding="utf-8")
-    tmp.replace(pointer)
+    write_text_atomic(root / f"{identity_hash(identity)}.folder", str(Path(folder).resolve()) + "\n")
 
 
 def session_folder_for(slide, *, root: str | Path | None = None) -> Path:
@@ -108,39 +126,78 @@ def session_folder_for(slide, *, root: str | Path | None = None) -> Path:
 def save_session_head(folder: str | Path, head, *, extra: dict | None = None) -> Path:
     """Save ``head`` as the session's current head, keeping the one it replaces.
 
-    The current head is first copied to ``head-previous/`` (through a temporary folder and a
-    rename), then the new one is written by :func:`~napari_pathsegdiff.models.heads.save_head`,
-    which swaps a complete folder in: an interruption at any point leaves a complete head.
+    The current head is first copied to ``head-previous/`` (a complete copy swapped in), then
+    the new one is written by :func:`~napari_pathsegdiff.models.heads.save_head`, which swaps a
+    complete folder in: an interruption at any point leaves a complete head, or leftovers that
+    :func:`recover_session_folder` turns back into one.
     """
     from ..models.heads import save_head
 
     folder = Path(folder)
     current = folder / HEAD
     if current.is_dir():
-        _replace_dir(folder / PREVIOUS_HEAD, lambda tmp: shutil.copytree(current, tmp))
-    return save_head(head, current, extra=extra)
+        replace_folder(folder / PREVIOUS_HEAD, lambda tmp: _copy_into(current, tmp))
+    saved = save_head(head, current, extra=extra)
+    umask_permissions(saved)  # not tempfile's 0700: cluster workers of the group read it
+    return saved
 
 
 def retire_session_head(folder: str | Path) -> None:
-    """Move the current head to ``head-previous/`` (a new, untrained head starts)."""
+    """Move the current head to ``head-previous/`` (a new, untrained head starts).
+
+    The head is copied to ``head-previous/`` before it is removed, so a kill in between
+    leaves it in both places, never in neither.
+    """
     folder = Path(folder)
     current = folder / HEAD
     if current.is_dir():
-        _replace_dir(folder / PREVIOUS_HEAD, lambda tmp: current.rename(tmp))
+        replace_folder(folder / PREVIOUS_HEAD, lambda tmp: _copy_into(current, tmp))
+        remove_folder(current)
 
 
-def _replace_dir(target: Path, fill) -> None:
-    """Make ``target`` the folder that ``fill(tmp)`` creates, replacing it only once complete."""
-    tmp = target.with_name(f".{target.name}.partial")
-    old = target.with_name(f".{target.name}.old")
-    for leftover in (tmp, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    fill(tmp)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def lock_session_folder(folder: str | Path) -> FolderLock:
+    """Lock the session folder ``folder`` for this process (created if missing).
+
+    Sessions of one process share the lock (the widget may reopen a slide before the previous
+    session object is gone); release it with ``lock.release()``.
+
+    Raises
+    ------
+    FolderInUse
+        Another process has the folder open; the message names it and says what to do.
+    """
+    lock = FolderLock(folder, SESSION_LOCK, purpose="an annotation session", shared_in_process=True)
+    try:
+        return lock.acquire()
+    except FolderInUse as exc:
+        raise FolderInUse(
+            f"The session folder {Path(folder)} is open in "
+            f"{exc.holder.describe() if exc.holder else 'another process'}: "
+            "two sessions writing the same edits would lose strokes of each other. Close the "
+            "slide there first, or pick another session folder for this one.",
+            exc.holder,
+        ) from None
+
+
+def recover_session_folder(folder: str | Path) -> list[str]:
+    """Repair the heads of a session folder after a killed save (see :func:`recover_folder`).
+
+    Call it when the session is opened, while holding the session's lock.
+
+    Returns
+    -------
+    list of str
+        One line per repair, for the user; empty when there was nothing to repair.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    said = (recover_folder(folder / name) for name in (HEAD, PREVIOUS_HEAD))
+    return [line for line in said if line]
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, dirs_exist_ok=True)
 
 
 def _inside_package(path: Path) -> bool:
