@@ -54,7 +54,8 @@ _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb
 _VQ_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-def _compvis_yaml(model_channels=32, mult=(1, 1, 2, 2), context=64, patch=96, region=None, vq_ch=32, vq_mult=(1, 2, 2)):
+def _compvis_yaml(model_channels=32, mult=(1, 1, 2, 2), context=64, patch=96, region=None, vq_ch=32, vq_mult=(1, 2, 2),
+                  latent=16, n_embed=64):
     """A CompVis yaml of the released structure (PatchEmbedder, or SSLEmbedder with ``region``)."""
     if region is None:
         cond = {"target": "ldm.modules.encoders.modules.PatchEmbedder",
@@ -63,15 +64,15 @@ def _compvis_yaml(model_channels=32, mult=(1, 1, 2, 2), context=64, patch=96, re
         cond = {"target": "ldm.modules.encoders.modules.SSLEmbedder",
                 "params": {"patch_embed_dim": patch, "region_embed_dim": region, "normalize_ssl": True}}  # fmt: skip
     return {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
-        "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000, "image_size": 16, "channels": 3,
+        "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000, "image_size": latent, "channels": 3,
         "conditioning_key": "crossattn", "cond_stage_key": "hybrid",
         "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-            "image_size": 16, "in_channels": 3, "out_channels": 3, "model_channels": model_channels,
+            "image_size": latent, "in_channels": 3, "out_channels": 3, "model_channels": model_channels,
             "attention_resolutions": [8, 4, 2], "num_res_blocks": 2, "channel_mult": list(mult),
             "num_heads": 1, "use_spatial_transformer": True, "transformer_depth": 1, "context_dim": context}},
         "first_stage_config": {"target": "ldm.models.autoencoder.VQModelInterface", "params": {
-            "embed_dim": 3, "n_embed": 64, "ddconfig": {
-                "double_z": False, "z_channels": 3, "resolution": 64, "in_channels": 3, "out_ch": 3,
+            "embed_dim": 3, "n_embed": n_embed, "ddconfig": {
+                "double_z": False, "z_channels": 3, "resolution": latent * 4, "in_channels": 3, "out_ch": 3,
                 "ch": vq_ch, "ch_mult": list(vq_mult), "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}},
         "cond_stage_config": cond}}}  # fmt: skip
 
@@ -389,3 +390,128 @@ def test_ssl_folder_without_embedder_is_an_error(made, tmp_path):
     shutil.rmtree(broken / "ssl_embedder")
     with pytest.raises(BackboneError, match=r"missing ssl_embedder/config\.json"):
         load_backbone(broken)
+
+
+# --- against the original code (../shared/reference/compvis-ldm) --------------------------
+
+
+@pytest.fixture(scope="module")
+def oracle(reference, tmp_path_factory):
+    tiny = reference / "tiny"
+    out = convert_compvis_checkpoint(tiny / "model.ckpt", tiny / "config.yaml", tmp_path_factory.mktemp("oracle") / "bb")
+    gold = dict(np.load(tiny / "golden.npz"))
+    return load_backbone(out), {k: torch.from_numpy(v) for k, v in gold.items()}
+
+
+def _close(got, want, atol):
+    torch.testing.assert_close(got, want, rtol=0, atol=atol)
+
+
+@torch.no_grad()
+def test_oracle_embedder_and_unet_eps(oracle):
+    bb, g = oracle
+    c = bb.ssl.embedder([g["e"]])
+    _close(c, g["c"], 1e-6)
+    _close(bb.ssl.unconditional(2), g["c_uncond"], 1e-6)
+    for t in (50, 150):
+        _close(bb.unet(g[f"t{t}_zt"], g[f"t{t}_timesteps"], encoder_hidden_states=c).sample, g[f"t{t}_eps"], 1e-5)
+    _close(bb.unet(g["t50_zt"], g["t50_timesteps"], encoder_hidden_states=bb.ssl.unconditional(2)).sample, g["t50_eps_uncond"], 1e-5)
+    _close(bb.unet(g["t50_zt"], g["t50_timesteps"], encoder_hidden_states=g["c_2tok"]).sample, g["t50_eps_2tok"], 1e-5)
+
+
+@torch.no_grad()
+def test_oracle_block_outputs(oracle):
+    bb, g = oracle
+    unet, seen, hooks = bb.unet, {}, []
+
+    def keep(name):
+        return lambda m, a, o: seen.__setitem__(name, o[0] if isinstance(o, tuple) else o)
+
+    # output_blocks[3k + j]: attentions[j] / resnets[j] of up_blocks[k] for j < 2, the up block itself for j = 2
+    for k, block in enumerate(unet.up_blocks):
+        hooks.append(block.register_forward_hook(keep(f"output_block_{3 * k + 2}")))
+        for j in (0, 1):
+            part = block.attentions[j] if hasattr(block, "attentions") else block.resnets[j]
+            hooks.append(part.register_forward_hook(keep(f"output_block_{3 * k + j}")))
+    for k, block in enumerate(unet.down_blocks):
+        hooks.append(block.register_forward_hook(keep(f"input_block_{3 * k + 3 if k < 3 else 11}")))
+    hooks.append(unet.mid_block.register_forward_hook(keep("middle_block")))
+    hooks.append(unet.time_embedding.register_forward_hook(keep("temb")))
+    try:
+        unet(g["t50_zt"], g["t50_timesteps"], encoder_hidden_states=g["c"])
+    finally:
+        for h in hooks:
+            h.remove()
+    _close(seen.pop("temb"), g["t50_temb"], 1e-6)
+    assert len(seen) == 12 + 4 + 1
+    for name, got in seen.items():
+        _close(got, g[f"t50_{name}"], 2e-5)
+
+
+@torch.no_grad()
+def test_oracle_vq(oracle):
+    bb, g = oracle
+    h = bb.vae.encode(g["x"]).latents
+    _close(h, g["h"], 1e-5)
+    quant, _, (_, _, indices) = bb.vae.quantize(h)
+    _close(quant, g["quant"], 1e-5)
+    assert torch.equal(indices.reshape(g["indices"].shape), g["indices"])
+    _close(bb.vae.decode(g["h"]).sample, g["dec"], 1e-4)
+    _close(bb.vae.decode(g["h"], force_not_quantize=True).sample, g["dec_noquant"], 1e-4)
+    assert bb.vae.config.scaling_factor == 1.0
+    _close(bb.scheduler.alphas_cumprod, g["alphas_cumprod"], 1e-6)
+
+
+@torch.no_grad()
+def test_oracle_two_token_ssl_embedder(reference):
+    state = read_checkpoint(reference / "tiny" / "ssl_embedder.ckpt")
+    cond = yaml.safe_load((reference / "tiny" / "ssl_embedder.yaml").read_text())["cond_stage_config"]
+    config, sd = embedder_state(state, cond)
+    emb = ConditioningEmbedder(**config)
+    emb.load_state_dict(sd, strict=True)
+    g = {k: torch.from_numpy(v) for k, v in np.load(reference / "tiny" / "golden.npz").items() if k.startswith("ssl_")}
+    _close(emb([g["ssl_patch"], g["ssl_region"]]), g["ssl_c"], 1e-6)
+    _close(emb([g["ssl_patch"], None]), g["ssl_c_region_zero"], 1e-6)
+    _close(emb.unconditional(2), g["ssl_c_uncond"], 1e-6)
+
+
+@torch.no_grad()
+def test_oracle_ddim_with_guidance(oracle, reference):
+    bb, _ = oracle
+    d = {k: torch.from_numpy(v) for k, v in np.load(reference / "tiny" / "golden_ddim.npz").items()}
+    scheduler = bb.scheduler
+    scheduler.set_timesteps(5)
+    assert scheduler.timesteps.tolist() == d["timesteps"].tolist() == [801, 601, 401, 201, 1]
+    x, s = d["x_T"], float(d["guidance_scale"])
+    for i, t in enumerate(scheduler.timesteps):
+        eps_u, eps_c = bb.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([d["c_uncond"], d["c"]])).sample.chunk(2)
+        x = scheduler.step(eps_u + s * (eps_c - eps_u), t, x).prev_sample
+        _close(x, d["x_inter"][i + 1], 2e-4)
+    _close(bb.vae.decode(x).sample, d["image"], 1e-4)
+    _close(bb.vae.decode(x, force_not_quantize=True).sample, d["image_noquant"], 1e-4)
+
+
+@pytest.mark.parametrize(("name", "region", "dropped"), [("brca20x", 768, {"inception": 564}), ("crc20x", None, {})])
+def test_full_size_key_lists_map_without_loss(reference, name, region, dropped):
+    doc = json.loads((reference / "full" / f"keys_{name}.json").read_text())
+    patch = 384 if region else 768
+    config = _compvis_yaml(model_channels=192, mult=(1, 2, 3, 5), context=512, patch=patch, region=region,
+                           vq_ch=128, vq_mult=(1, 2, 4), latent=64, n_embed=8192)  # fmt: skip
+    state = {e["key"]: torch.empty(e["shape"], dtype=getattr(torch, e["dtype"]), device="meta") for e in doc["keys"]}
+    converted = convert_state_dict(state, config, where=name)  # builds both models on meta: raises on any gap
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**converted["configs"]["unet"])
+    for key, value in doc["diffusers_unet_config"].items():  # the oracle's configs, sample_size 64 included
+        got = unet.config[key]
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+    assert converted["configs"]["vqvae"] == doc["diffusers_vqmodel_config"]
+    for entry in doc["keys"]:
+        if entry["diffusers"] is None:
+            continue
+        component, target = entry["diffusers"]
+        tensor = converted[component][target]
+        assert tensor is state[entry["key"]] or tensor._base is state[entry["key"]], entry["key"]
+    assert converted["dropped"] == {"schedule buffers": 12, **dropped}
+    assert converted["configs"]["embedder"]["feature_dims"] == ([384, 768] if region else [768])
