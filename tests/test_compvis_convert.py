@@ -515,3 +515,55 @@ def test_full_size_key_lists_map_without_loss(reference, name, region, dropped):
         assert tensor is state[entry["key"]] or tensor._base is state[entry["key"]], entry["key"]
     assert converted["dropped"] == {"schedule buffers": 12, **dropped}
     assert converted["configs"]["embedder"]["feature_dims"] == ([384, 768] if region else [768])
+
+
+# --- with an SSL encoder (a transformers folder) ---------------------------------------------
+
+
+def _tiny_vit(folder: Path, width: int, seed: int = 0) -> Path:
+    transformers = pytest.importorskip("transformers", reason="the SSL encoder path needs transformers (testing extra)")
+    torch.manual_seed(seed)
+    config = transformers.ViTConfig(hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32, image_size=32, patch_size=16)  # fmt: skip
+    transformers.ViTModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_ssl_encoder_conditions_the_features(made, tmp_path):
+    from napari_pathsegdiff.models.ssl_conditioning import IMAGENET_MEAN, IMAGENET_STD
+
+    vit = _tiny_vit(tmp_path / "vit", width=96)
+    out = convert_compvis_checkpoint(made["ckpt"], made["cfg"], tmp_path / "bb", ssl_encoder=vit)
+    assert {p.name for p in (out / "ssl_encoder").iterdir()} >= {"config.json", "model.safetensors", "preprocessor_config.json"}
+    assert f"`{vit}`" in (out / "MODEL_CARD.md").read_text()
+    bb, plain = load_backbone(out), load_backbone(made["out"])
+    assert bb.ssl.conditioned and bb.identity != plain.identity
+    tiles = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():  # the encoder's class token, from tiles resized to its 32 px, ImageNet-normalised
+        small = torch.nn.functional.interpolate((x + 1) / 2, size=(32, 32), mode="bilinear", antialias=True)
+        small = (small - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        cls = bb.ssl.encoder.model(pixel_values=small).last_hidden_state[:, 0]
+        _close(bb.ssl.context(x), bb.ssl.embedder([cls]), 1e-6)
+        assert not torch.allclose(bb.ssl.context(x), bb.ssl.unconditional(2), atol=1e-3)
+    conditioned = DiffusionFeatures(bb, timesteps=[50], blocks=[3])
+    unconditioned = DiffusionFeatures(bb, timesteps=[50], blocks=[3], conditioned=False)
+    assert conditioned.config()["context"] == "ssl-encoder" and conditioned.identity.endswith(":cond=1")
+    assert unconditioned.config()["context"] == "ssl-unconditional" and unconditioned.identity.endswith(":cond=0")
+    plain_features = DiffusionFeatures(plain, timesteps=[50], blocks=[3]).extract(tiles)[0]
+    np.testing.assert_array_equal(unconditioned.extract(tiles)[0], plain_features)
+    assert np.abs(conditioned.extract(tiles)[0].astype(np.float32) - plain_features).max() > 1e-3
+
+
+def test_ssl_encoder_of_the_wrong_width_is_refused(made, tmp_path):
+    vit = _tiny_vit(tmp_path / "vit", width=64)
+    with pytest.raises(ValueError, match=r"embeds into 64 values but the conditioning embedder \(PatchEmbedder\) takes 96"):
+        convert_compvis_checkpoint(made["ckpt"], made["cfg"], tmp_path / "bb", ssl_encoder=vit)
+    assert not (tmp_path / "bb").exists()
+
+
+def test_ssl_encoder_hub_id_not_in_cache_is_refused(made, tmp_path):
+    pytest.importorskip("transformers", reason="the SSL encoder path needs transformers (testing extra)")
+    with pytest.raises(ValueError, match=r"not in the local hub cache; nothing is downloaded"):
+        convert_compvis_checkpoint(made["ckpt"], made["cfg"], tmp_path / "bb", ssl_encoder="pathsegdiff-tests/absent-encoder")
+    assert not (tmp_path / "bb").exists()
