@@ -14,8 +14,8 @@ batch of tiles at once:
   one-sided at the border);
 - channel order: for each RGB channel, for each scale, the filters above in that order.
 
-The Gaussian is separable and applied along each axis as a matrix product with a small banded
-Toeplitz block (the image is cut into blocks of :data:`BLOCK` pixels along the axis, each with
+The Gaussian is separable and applied along each axis as matrix products with a small banded
+Toeplitz block (the axis is cut into blocks of at least :data:`BLOCK` outputs, each read with
 the kernel's reach on both sides), which CPU BLAS runs far faster than ``conv2d`` with a
 single-channel ``1 x k`` kernel. The borders match SciPy exactly: mode ``'nearest'`` is
 torch's ``'replicate'`` padding, and for the 3-tap Sobel SciPy's ``'reflect'``
@@ -29,7 +29,6 @@ float16 resolution at which the head reads them (see BENCHMARKS.md, "Filter bank
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -119,7 +118,7 @@ def filter_bank(
             smoothed = gaussian(planes, float(sigma)).reshape(b, c, h, w)
             f = 0
             if intensity:
-                out[:, :, s, f] = smoothed + offset
+                torch.add(smoothed, offset, out=out[:, :, s, f])
                 f += 1
             if edges:
                 out[:, :, s, f] = sobel_magnitude(smoothed)
@@ -170,6 +169,7 @@ def toeplitz_block(kernel: torch.Tensor, block: int) -> torch.Tensor:
 
     Row ``j + i`` of column ``j`` holds ``kernel[i]``: output ``j`` of a block reads the
     ``k`` input samples from ``j`` on (the block's window starts ``k // 2`` before it).
+    Its top-left ``(m + k - 1, m)`` corner serves a shorter last block of ``m`` outputs.
     """
     k = kernel.numel()
     matrix = kernel.new_zeros((block + k - 1, block))
@@ -178,21 +178,50 @@ def toeplitz_block(kernel: torch.Tensor, block: int) -> torch.Tensor:
     return matrix
 
 
-def smooth_last_axis(planes: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Correlate the last axis of (N, H, W) planes with ``kernel``, edges replicated.
+def block_starts(n: int, radius: int) -> tuple[int, list[int]]:
+    """Block width and the first output of every block along an axis of ``n`` pixels.
 
-    The axis is cut into blocks of :data:`BLOCK` outputs; each block's window (its inputs and
-    the kernel's reach either side) multiplies one banded Toeplitz matrix.
+    Blocks are at least twice the kernel's reach, so that a window (block and reach on both
+    sides) holds no more than twice the outputs it serves.
     """
-    n = planes.shape[-1]
+    block = min(max(BLOCK, 2 * radius), n)
+    return block, list(range(0, n, block))
+
+
+def smooth_width(planes: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Correlate the rows of (N, H, W) planes with ``kernel``, edge pixels repeated.
+
+    One matrix product per block of outputs: its window of the padded rows (a strided view,
+    not a copy) times the banded Toeplitz matrix.
+    """
+    n_planes, h, w = planes.shape
     radius = kernel.numel() // 2
-    block = min(BLOCK, n)
-    blocks = math.ceil(n / block)
-    padded = F.pad(planes, (radius, radius + blocks * block - n), mode="replicate")
-    windows = padded.unfold(-1, block + 2 * radius, block)  # (N, H, blocks, window)
-    # One 2-D matrix product: batched products over a strided view run block by block.
-    smoothed = windows.reshape(-1, block + 2 * radius) @ toeplitz_block(kernel, block)
-    return smoothed.reshape(*planes.shape[:-1], blocks * block)[..., :n]
+    block, starts = block_starts(w, radius)
+    rows = F.pad(planes, (radius, radius), mode="replicate").reshape(n_planes * h, w + 2 * radius)
+    matrix = toeplitz_block(kernel, block)
+    parts = []
+    for start in starts:
+        m = min(block, w - start)
+        parts.append(rows[:, start : start + m + 2 * radius] @ matrix[: m + 2 * radius, :m])
+    return torch.cat(parts, dim=1).reshape(n_planes, h, w)
+
+
+def smooth_height(planes: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Correlate the columns of (N, H, W) planes with ``kernel``, edge pixels repeated.
+
+    The transposed Toeplitz matrix multiplies each block's window of rows from the left, so
+    that no plane is transposed.
+    """
+    h = planes.shape[-2]
+    radius = kernel.numel() // 2
+    block, starts = block_starts(h, radius)
+    padded = F.pad(planes, (0, 0, radius, radius), mode="replicate")
+    matrix = toeplitz_block(kernel, block).T
+    parts = []
+    for start in starts:
+        m = min(block, h - start)
+        parts.append(matrix[:m, : m + 2 * radius] @ padded[:, start : start + m + 2 * radius, :])
+    return torch.cat(parts, dim=1)
 
 
 def gaussian(planes: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -201,34 +230,40 @@ def gaussian(planes: torch.Tensor, sigma: float) -> torch.Tensor:
     Mode ``'nearest'`` and truncation at 4 sigma, as :func:`skimage.filters.gaussian` calls it.
     """
     kernel = gaussian_kernel(sigma, dtype=planes.dtype, device=planes.device)
-    along_width = smooth_last_axis(planes, kernel)
-    along_height = smooth_last_axis(along_width.transpose(-1, -2), kernel)
-    return along_height.transpose(-1, -2).contiguous()
+    return smooth_height(smooth_width(planes, kernel), kernel)
 
 
 def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
     """:func:`skimage.filters.sobel` of (..., H, W) maps: ``sqrt((gy**2 + gx**2) / 2)``.
 
     Each derivative is ``[1, 0, -1]`` along its axis times ``[1, 2, 1] / 4`` across it, with
-    the edge pixel repeated (SciPy's ``'reflect'`` at a reach of one pixel).
+    the edge pixel repeated (SciPy's ``'reflect'`` at a reach of one pixel). The sums run
+    unscaled, 4 times skimage's derivatives, and one exact power of two scales the result.
     """
     shape = image.shape
-    p = F.pad(image.reshape(-1, 1, *shape[-2:]), (1, 1, 1, 1), mode="replicate")
-    across_rows = (p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]) / 4
-    across_cols = (p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]) / 4
-    gx = across_rows[..., :, 2:] - across_rows[..., :, :-2]
-    gy = across_cols[..., 2:, :] - across_cols[..., :-2, :]
-    return torch.sqrt((gx * gx + gy * gy) / 2).reshape(shape)
+    p = F.pad(image.reshape(-1, *shape[-2:]), (1, 1, 1, 1), mode="replicate")
+    across_rows = (p[:, :-2, :] + p[:, 2:, :]).add_(p[:, 1:-1, :], alpha=2)
+    across_cols = (p[:, :, :-2] + p[:, :, 2:]).add_(p[:, :, 1:-1], alpha=2)
+    gx = across_rows[:, :, 2:] - across_rows[:, :, :-2]
+    gy = across_cols[:, 2:, :] - across_cols[:, :-2, :]
+    return gx.mul_(gx).addcmul_(gy, gy).mul_(1 / 32).sqrt_().reshape(shape)
 
 
 def numpy_gradient(image: torch.Tensor, dim: int) -> torch.Tensor:
     """:func:`numpy.gradient` along ``dim``: central differences inside, one-sided at the ends."""
+    return twice_gradient(image, dim).mul_(0.5)
+
+
+def twice_gradient(image: torch.Tensor, dim: int) -> torch.Tensor:
+    """Twice :func:`numpy.gradient` along ``dim``: ``f[i+1] - f[i-1]`` inside, doubled one-sided ends."""
     n = image.shape[dim]
     out = torch.empty_like(image)
     if n > 2:
-        out.narrow(dim, 1, n - 2).copy_((image.narrow(dim, 2, n - 2) - image.narrow(dim, 0, n - 2)) / 2)
-    out.narrow(dim, 0, 1).copy_(image.narrow(dim, 1, 1) - image.narrow(dim, 0, 1))
-    out.narrow(dim, n - 1, 1).copy_(image.narrow(dim, n - 1, 1) - image.narrow(dim, n - 2, 1))
+        torch.sub(image.narrow(dim, 2, n - 2), image.narrow(dim, 0, n - 2), out=out.narrow(dim, 1, n - 2))
+    torch.sub(image.narrow(dim, 1, 1), image.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
+    torch.sub(image.narrow(dim, n - 1, 1), image.narrow(dim, n - 2, 1), out=out.narrow(dim, n - 1, 1))
+    out.narrow(dim, 0, 1).mul_(2)
+    out.narrow(dim, n - 1, 1).mul_(2)
     return out
 
 
@@ -237,12 +272,15 @@ def hessian_eigenvalues(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
     The Hessian is scikit-image's texture filter: :func:`numpy.gradient` of
     :func:`numpy.gradient`, and its eigenvalues the closed form of
-    :func:`skimage.feature.hessian_matrix_eigvals` for 2-D.
+    :func:`skimage.feature.hessian_matrix_eigvals` for 2-D,
+    ``(a + c) / 2 +- sqrt(b**2 + ((a - c) / 2)**2)``. The differences run unscaled (4 times
+    the Hessian) and exact powers of two scale the result.
     """
-    d_rows = numpy_gradient(image, -2)
-    h_rr = numpy_gradient(d_rows, -2)
-    h_rc = numpy_gradient(d_rows, -1)
-    h_cc = numpy_gradient(numpy_gradient(image, -1), -1)
-    half_trace = (h_rr + h_cc) / 2
-    half_gap = torch.sqrt(h_rc * h_rc + ((h_rr - h_cc) / 2) ** 2)
-    return half_trace + half_gap, half_trace - half_gap
+    d_rows = twice_gradient(image, -2)
+    h_rr = twice_gradient(d_rows, -2)
+    h_rc = twice_gradient(d_rows, -1)
+    h_cc = twice_gradient(twice_gradient(image, -1), -1)
+    half_trace = (h_rr + h_cc).mul_(0.125)
+    # sqrt(16 (a - c)**2 + 64 b**2) = 8 sqrt(((a - c) / 2)**2 + b**2)
+    half_gap = h_rr.sub_(h_cc).square_().addcmul_(h_rc, h_rc, value=4).sqrt_().mul_(0.125)
+    return half_trace + half_gap, half_trace.sub_(half_gap)
