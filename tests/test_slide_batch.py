@@ -367,3 +367,139 @@ def test_block_plan_is_chunk_aligned_and_cut_at_the_edges():
     within = plan_blocks((600, 1000), level=2, block=256, within=Region(2, 300, 200, 10, 400))
     assert [b.key for b in within] == ["r1-c0", "r1-c1", "r1-c2"]
     assert math.ceil(600 / 256) * math.ceil(1000 / 256) == len(blocks)
+
+
+# --- one writer per --out, atomic outputs, the same result whatever the layout -------------------
+def test_a_run_holds_the_lock_of_its_out_folder(sample, head_dir, tmp_path):
+    from napari_pathsegdiff.core.locks import FolderInUse, FolderLock
+    from napari_pathsegdiff.engine.slide_batch import OUT_LOCK
+
+    refused = []
+
+    def try_to_write_alongside(record):
+        if record.message.endswith("opening"):
+            with pytest.raises(FolderInUse) as caught:
+                FolderLock(tmp_path, OUT_LOCK, purpose="another run").acquire()
+            refused.append(str(caught.value))
+
+    result = segment_slides([sample], head=head_dir, out=tmp_path, block=BLOCK, region=(800, 400, 256, 256),
+                            callback=try_to_write_alongside)
+    assert result.ok and len(refused) == 1
+    assert f"is in use by process {os.getpid()}" in refused[0] and "(pathsegdiff segment-slide)" in refused[0]
+    FolderLock(tmp_path, OUT_LOCK, purpose="after the run").acquire().release()  # released at the end
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_out_is_refused_and_a_killed_ones_lock_is_taken_over(
+        sample, head_dir, reference, tmp_path, capsys):
+    args = ["segment-slide", str(sample), "--head", str(head_dir), "--out", str(tmp_path), "--block", "128",
+            "--region", *map(str, (UNION.y, UNION.x, UNION.height, UNION.width)), "--quiet"]
+    lock_file = tmp_path / ".segment-slide.lock"
+    first = subprocess.Popen([sys.executable, "-m", "napari_pathsegdiff.cli", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while first.poll() is None and time.monotonic() < deadline:
+            if lock_file.is_file() and f'"pid": {first.pid}' in lock_file.read_text():
+                break
+            time.sleep(0.02)
+        assert first.poll() is None, first.stderr.read().decode()
+        assert cli_main(args) == 2  # the second writer stops before touching anything
+        err = capsys.readouterr().err
+        assert f"is in use by process {first.pid} on host " in err and ", since 20" in err
+        assert "Wait until it ends, or use another folder." in err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert cli_main(args[:-1]) == 0
+    out = capsys.readouterr().out
+    assert f"the run of process {first.pid} on host" in out and "ended without finishing" in out
+    np.testing.assert_array_equal(_labels(tmp_path, reference["name"])[UNION.slices], reference["direct"])
+
+
+_KILL_WHILE_WRITING = """
+import os, signal, sys
+from pathlib import Path
+from napari_pathsegdiff.engine import slide_outputs
+
+folder, which = Path(sys.argv[1]), sys.argv[2]
+real_tiff, real_zarr = slide_outputs.write_labels_ome_tiff, slide_outputs.write_labels_ome_zarr
+
+def killed_after_half(write):
+    def wrapper(path, *args, **kwargs):
+        write(path, *args, **kwargs)
+        path = Path(path)
+        victim = path if path.is_file() else max(p for p in path.rglob("*") if p.is_file())
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # half written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return wrapper
+
+if which == "tiff":
+    slide_outputs.write_labels_ome_tiff = killed_after_half(real_tiff)
+else:
+    slide_outputs.write_labels_ome_zarr = killed_after_half(real_zarr)
+slide_outputs.write_slide_outputs(folder, folder / "work" / "labels.zarr", name="x", mpp=0.5,
+                                  level_downsample=(1.0, 1.0), classes=[(1, "tissue", "#ff0000")],
+                                  ome_tiff=True)
+"""
+
+
+@pytest.mark.parametrize("which", ["zarr", "tiff"])
+def test_a_kill_while_writing_outputs_leaves_no_partial_file(reference, tmp_path, which):
+    import shutil
+
+    from napari_pathsegdiff.core.atomic import leftovers
+    from napari_pathsegdiff.engine.slide_outputs import OME_TIFF, OME_ZARR, write_slide_outputs
+
+    folder = tmp_path / "slide"
+    shutil.copytree(reference["out"] / reference["name"], folder)
+    before_tiff = (folder / OME_TIFF).read_bytes()
+    child = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, str(folder), which],
+                           capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    # the final names hold the previous complete outputs; the partial one is a hidden leftover
+    assert (folder / OME_TIFF).read_bytes() == before_tiff
+    np.testing.assert_array_equal(_labels(tmp_path, "slide"), _labels(reference["out"], reference["name"]))
+    partial = OME_ZARR if which == "zarr" else OME_TIFF
+    assert [kind for kind, _ in leftovers(folder / partial)] == ["tmp"]
+    # writing again removes the leftover and gives complete files
+    write_slide_outputs(folder, folder / "work" / "labels.zarr", name="x", mpp=MPP,
+                        level_downsample=(1.0, 1.0), classes=[(0, "background", "#000000"), (1, "tissue", "#ff0000")],
+                        ome_tiff=True)
+    assert leftovers(folder / OME_ZARR) == [] and leftovers(folder / OME_TIFF) == []
+    tiff_labels, _ = read_labels_ome_tiff(folder / OME_TIFF)
+    np.testing.assert_array_equal(np.asarray(tiff_labels), _labels(reference["out"], reference["name"]))
+
+
+def test_every_block_runs_with_one_torch_thread_whatever_the_threads(sample, head_dir, reference, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    result = segment_slides([sample], head=head_dir, out=tmp_path, block=BLOCK, region=REGION, threads=3)
+    assert result.ok and torch.get_num_threads() == before  # the caller's count is given back
+    np.testing.assert_array_equal(_labels(tmp_path, reference["name"]), _labels(reference["out"], reference["name"]))
+    for out in (tmp_path, reference["out"]):
+        records = [json.loads(p.read_text()) for p in (out / reference["name"] / "work" / "done").glob("*.json")]
+        assert len(records) == N_BLOCKS and {r["torch_threads"] for r in records} == {1}
+
+
+def test_a_decompression_bomb_in_a_batch_is_refused_with_the_limit_to_raise(sample, head_dir, tmp_path, capsys):
+    from test_bomb import write_bomb
+
+    bomb = write_bomb(tmp_path / "bomb.tif")
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    assert cli_main(["segment-slide", str(bomb), "--head", str(head_dir), "--out", str(out), "--quiet"]) == 1
+    print(f"bomb refused by segment-slide in {time.perf_counter() - t0:.2f} s")
+    reason = _summary(out, "bomb")["reason"]
+    assert reason.startswith(f"unreadable: {bomb} claims 1,000,000 x 1,000,000 pixels")
+    assert "--max-pixels N" in reason
+    assert cli_main(["segment-slide", str(sample), "--head", str(head_dir), "--out", str(out),
+                     "--max-pixels", "1e6", "--quiet"]) == 1
+    assert "claims 2,967 x 2,220 pixels" in _summary(out, "CMU-1-Small-Region")["reason"]
+    for bad, message in ((["--max-pixels", "0"], "--max-pixels must be a positive"),
+                         (["--threads", "0"], "--threads must be 1 or more")):
+        capsys.readouterr()
+        assert cli_main(["segment-slide", str(sample), "--head", str(head_dir), "--out", str(out),
+                         "--quiet", *bad]) == 2
+        assert message in capsys.readouterr().err

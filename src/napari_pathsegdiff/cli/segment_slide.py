@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                        help="address of a running dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--workers", type=int, metavar="N",
                        help="start a local dask cluster of N worker processes")
+    where.add_argument("--threads", type=int, metavar="N",
+                       help="blocks computed at once on this machine (default: one per core); "
+                            "each block uses one torch thread, so results are the same for any N")
     parser.add_argument("--tissue-only", action="store_true",
                         help="compute only blocks with tissue (found on a low-resolution level)")
     parser.add_argument("--level", default="auto", metavar="auto|N",
@@ -45,6 +48,10 @@ def register(subparsers) -> None:
                         help="diffusion backbone replacing the one recorded in the head")
     parser.add_argument("--region", nargs=4, type=int, metavar=("Y", "X", "H", "W"),
                         help="only the blocks overlapping this box of the analysis level")
+    parser.add_argument("--max-pixels", type=float, default=None, metavar="N",
+                        help="refuse slides whose level 0 claims more pixels (default 2**36, about "
+                             "6.9e10: damaged files and decompression bombs); raise it for a "
+                             "genuine giant, e.g. 2e11")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -60,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise UserError(f"--level must be 'auto' or a level number, got {args.level!r}.") from None
 
+    max_pixels = {}
+    if args.max_pixels is not None:
+        if not args.max_pixels >= 1:
+            raise UserError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels:g}.")
+        max_pixels["max_pixels"] = int(args.max_pixels)
+
     def show(record) -> None:
         if not args.quiet and record.message:
             print(record.message, flush=True)
@@ -68,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         args.slides, head=args.head, out=args.out, level=level, mpp=args.mpp,
         tissue_only=args.tissue_only, resume=args.resume, device=args.device, block=args.block,
         batch_size=args.batch_size, ome_tiff=args.ome_tiff, backbone=args.backbone,
-        region=args.region, scheduler=args.scheduler, workers=args.workers,
-        show_progress=not args.quiet, callback=show,
+        region=args.region, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
+        show_progress=not args.quiet, callback=show, **max_pixels,
     )
     n = len(result.summaries)
     print(f"{n - len(result.failed)} of {n} slides segmented in {result.seconds:.1f} s; "

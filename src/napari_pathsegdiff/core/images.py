@@ -5,6 +5,11 @@ images are refused, since the models read H&E colour; so are images of more than
 channel, since no rescaling is right for every file (a 12-bit scan stored in 16 bits would turn
 almost black): convert such files to 8-bit RGB first.
 
+Both are bounded before anything is decoded: an image of more than ``max_pixels`` pixels a page
+(default :data:`MAX_IMAGE_PIXELS`) or, for TIFFs, of more than ``BYTES_PER_PIXEL * max_pixels``
+decoded bytes is refused with a message naming the file, so a small file whose header claims a
+giant image (a decompression bomb) cannot exhaust memory.
+
 Masks are single-channel images of the same name (any supported extension) and the same
 height and width, whose values are class ids 0..255. Palette PNGs give their palette indices.
 """
@@ -19,6 +24,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 #: Images larger than this (pixels) are whole slides: predict a region of them instead.
 MAX_IMAGE_PIXELS = 10_000 * 10_000
+#: Decoded bytes allowed per pixel of the pixel limit (8-bit RGBA): a TIFF of many pages,
+#: samples or bits per pixel is refused before it is decoded when it would exceed this.
+BYTES_PER_PIXEL = 4
 
 
 class ImageError(ValueError):
@@ -89,7 +97,16 @@ def pair_images_and_masks(images: str | Path, masks: str | Path) -> list[tuple[P
 
 
 def read_rgb(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """An image file as RGB ``(h, w, 3)`` uint8; alpha is dropped, grayscale is refused."""
+    """An image file as RGB ``(h, w, 3)`` uint8; alpha is dropped, grayscale is refused.
+
+    Parameters
+    ----------
+    path : str or Path
+        PNG, JPEG or TIFF file.
+    max_pixels : int
+        Refuse larger images (and TIFFs decoding to more than ``BYTES_PER_PIXEL`` bytes per
+        pixel of this) before decoding them.
+    """
     path = Path(path)
     array = _read_array(path, max_pixels=max_pixels)
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 2)):
@@ -107,10 +124,10 @@ def read_rgb(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
     return np.ascontiguousarray(array[..., :3])
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file as ``(h, w)`` uint8 class ids."""
+def read_mask(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A mask file as ``(h, w)`` uint8 class ids (``max_pixels``: see :func:`read_rgb`)."""
     path = Path(path)
-    array = _read_array(path, mask=True)
+    array = _read_array(path, mask=True, max_pixels=max_pixels)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         rgb = array[..., :3]
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
@@ -185,13 +202,22 @@ def _read_array(path: Path, *, mask: bool = False, max_pixels: int = MAX_IMAGE_P
 def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    from .slide import quiet_tifffile
+
+    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, shape = series.axes, series.shape
         if "Y" in axes and "X" in axes:
             h, w = shape[axes.index("Y")], shape[axes.index("X")]
             if h * w > max_pixels:
                 raise ImageError(_too_large(path, (h, w)))
+        decoded = int(np.prod(shape, dtype=np.int64)) * np.dtype(series.dtype).itemsize
+        if decoded > BYTES_PER_PIXEL * max_pixels:
+            raise ImageError(
+                f"{path} decodes to {decoded:,} bytes (shape {tuple(shape)}, axes {axes}, "
+                f"{series.dtype}), more than {BYTES_PER_PIXEL * max_pixels:,}: it is not one "
+                f"image tile. Save the image itself as an 8-bit RGB PNG or TIFF."
+            )
         array = series.asarray()
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # planar (S, Y, X) storage

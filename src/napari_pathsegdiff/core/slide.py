@@ -22,6 +22,15 @@ why: the project segments brightfield H&E slides, and turning fluorescence or a 
 RGB would need an intensity window that the file does not give. napari's built-in reader
 opens such files.
 
+Size limits. A TIFF header can claim any size: a few megabytes of tile offsets that all point
+at one compressed tile make a "decompression bomb" of 10⁶ × 10⁶ pixels, which would exhaust
+memory and time long before a pixel is shown. :func:`open_slide` refuses, before it builds any
+array, a main image of more than ``max_pixels`` pixels (default :data:`MAX_SLIDE_PIXELS`, above
+any scanner's slide) or whose largest tile or strip decodes to more than ``max_tile_bytes``
+(default :data:`MAX_TILE_BYTES`). The :class:`SlideError` names the file, the size it claims
+and the keyword (``pathsegdiff segment-slide --max-pixels``) that raises the limit for a
+genuine slide.
+
 A single-level image larger than :data:`COMPUTED_LEVELS_ABOVE` pixels a side gets coarser
 levels computed lazily (2x2 mean, block by block) until the coarsest fits in
 :data:`COMPUTED_LEVELS_UNTIL` pixels, so that zooming out stays fast; they are marked with
@@ -30,6 +39,8 @@ levels computed lazily (2x2 mean, block by block) until the coarsest fits in
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
@@ -46,13 +57,20 @@ from dask.base import tokenize
 
 from .region import Region, downsamples_from_shapes
 
-__all__ = ["Slide", "SlideError", "open_slide", "is_tiff_file", "ome_physical_metadata", "COMPUTED_LEVELS_ABOVE", "COMPUTED_LEVELS_UNTIL"]
+__all__ = [
+    "Slide", "SlideError", "open_slide", "is_tiff_file", "ome_physical_metadata",
+    "COMPUTED_LEVELS_ABOVE", "COMPUTED_LEVELS_UNTIL", "MAX_SLIDE_PIXELS", "MAX_TILE_BYTES",
+]
 
 COMPUTED_LEVELS_ABOVE = 4096
 """A single-level image with a side longer than this gets computed coarser levels."""
 COMPUTED_LEVELS_UNTIL = 2048
 """Computed levels halve the size until the longer side is at most this."""
 TARGET_CHUNK = 1024
+MAX_SLIDE_PIXELS = 2**36
+"""Largest main image (height x width, about 262,000 px a side) opened by default."""
+MAX_TILE_BYTES = 2**30
+"""Largest decoded tile or strip (bytes) opened by default: one read never decodes more."""
 """Dask chunks hold about this many pixels a side, aligned to the file's tiles."""
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -262,7 +280,12 @@ class Slide:
         return str(self.path) if self.path is not None else "The in-memory slide"
 
 
-def open_slide(path: str | os.PathLike) -> Slide:
+def open_slide(
+    path: str | os.PathLike,
+    *,
+    max_pixels: int = MAX_SLIDE_PIXELS,
+    max_tile_bytes: int = MAX_TILE_BYTES,
+) -> Slide:
     """Open a TIFF-based whole-slide image (SVS, generic or OME pyramidal TIFF, NDPI, SCN,
     BIF, ...) lazily.
 
@@ -270,6 +293,11 @@ def open_slide(path: str | os.PathLike) -> Slide:
     ----------
     path : str or path-like
         The slide file.
+    max_pixels : int
+        Refuse a main image of more pixels (height x width of level 0) than this: a header
+        that claims more is damaged or a decompression bomb. Raise it for a genuine giant.
+    max_tile_bytes : int
+        Refuse a file whose largest tile or strip decodes to more bytes than this.
 
     Returns
     -------
@@ -281,8 +309,9 @@ def open_slide(path: str | os.PathLike) -> Slide:
     FileNotFoundError
         When ``path`` does not exist.
     SlideError
-        When the file is empty, not a TIFF, truncated or damaged, or holds no 8-bit RGB
-        image (for example a 16-bit single-channel TIFF); the message says what to do.
+        When the file is empty, not a TIFF, truncated or damaged, holds no 8-bit RGB
+        image (for example a 16-bit single-channel TIFF), or claims more pixels than
+        ``max_pixels``; the message says what to do.
 
     Examples
     --------
@@ -304,14 +333,16 @@ def open_slide(path: str | os.PathLike) -> Slide:
             "slides (.svs, .tif, .ndpi, .scn, .bif); open other images with napari's built-in reader."
         )
     try:
-        tif = tifffile.TiffFile(path)
+        with quiet_tifffile():
+            tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many types on damaged files
         raise SlideError(
             f"{path}: the TIFF structure cannot be read ({type(exc).__name__}: {exc}). The file is "
             "probably truncated or damaged: copy it again from its source."
         ) from exc
     try:
-        return _open_tiff(path, tif, size)
+        with quiet_tifffile():
+            return _open_tiff(path, tif, size, SizeLimits(max_pixels, max_tile_bytes))
     except BaseException:
         tif.close()
         raise
@@ -320,8 +351,51 @@ def open_slide(path: str | os.PathLike) -> Slide:
 # --- opening a TIFF ----------------------------------------------------------------------
 
 
-def _open_tiff(path: Path, tif: tifffile.TiffFile, size: int) -> Slide:
+@dataclass(frozen=True)
+class SizeLimits:
+    """The most pixels (level 0) and decoded bytes per tile or strip a file may claim."""
+
+    max_pixels: int = MAX_SLIDE_PIXELS
+    max_tile_bytes: int = MAX_TILE_BYTES
+
+    def check(self, path: Path, shape: tuple[int, ...], axes: str, tile_bytes: int) -> None:
+        """Raise :class:`SlideError` when an image of ``shape`` (axes ``axes``) is too large."""
+        height, width = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        if height * width > self.max_pixels:
+            raise SlideError(
+                f"{path} claims {height:,} x {width:,} pixels ({height * width / 1e9:,.1f} "
+                f"gigapixels), more than the limit of {self.max_pixels:,} pixels. No scanner makes "
+                "slides this large: the file is damaged or a decompression bomb (a small file "
+                "whose header promises more pixels than memory holds). If the slide is genuine, "
+                "raise the limit: open_slide(path, max_pixels=N), or pathsegdiff segment-slide "
+                "--max-pixels N."
+            )
+        if tile_bytes > self.max_tile_bytes:
+            raise SlideError(
+                f"{path}: one tile or strip of its image decodes to {tile_bytes:,} bytes, more "
+                f"than the limit of {self.max_tile_bytes:,}: reading any pixel would decode all "
+                "of it. Convert the file to a tiled pyramidal TIFF (for example with bfconvert "
+                "or vips), or, if it is genuine, raise the limit: open_slide(path, "
+                "max_tile_bytes=N)."
+            )
+
+
+@contextlib.contextmanager
+def quiet_tifffile():
+    """A context in which tifffile's log (``<TiffPages @...> invalid offset...``) is not printed:
+    what is wrong with a file reaches the user as one clear error instead."""
+    logger = logging.getLogger("tifffile")
+    before = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _open_tiff(path: Path, tif: tifffile.TiffFile, size: int, limits: SizeLimits) -> Slide:
     series = _main_series(tif)
+    _check_size(path, series, limits)
     _check_pixel_format(path, series)
     _check_complete(path, series, size)
     metadata: dict[str, Any] = {"vendor": _vendor(tif), "series": series.name or "", "mpp_source": None}
@@ -368,6 +442,15 @@ def _main_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
             return series
     raise SlideError(f"{tif.filehandle.path}: the file holds only associated images (label, macro, "
                      "thumbnail), no slide image.")
+
+
+def _check_size(path: Path, series: tifffile.TiffPageSeries, limits: SizeLimits) -> None:
+    """Refuse images larger than ``limits``, from the header alone (nothing decoded)."""
+    page = series.levels[0].keyframe
+    if "Y" not in series.axes or "X" not in series.axes:
+        return  # not an image of rows and columns: _check_pixel_format refuses it
+    tile_bytes = int(np.prod(page.chunks, dtype=np.int64)) * np.dtype(page.dtype).itemsize
+    limits.check(path, series.shape, series.axes, tile_bytes)
 
 
 def _check_pixel_format(path: Path, series: tifffile.TiffPageSeries) -> None:

@@ -10,6 +10,14 @@ and only then is the block's *done marker* written, also through a temporary fil
 rename. A run killed at any moment leaves every block either done (chunk and marker), or to be
 computed again, never half-written. The marker is separate from the chunk because zarr does
 not store chunks that are all zeros.
+
+Results do not depend on how blocks are spread over threads, processes or machines: every
+block is predicted with :data:`BLOCK_TORCH_THREADS` torch intra-op threads, set in the thread
+that runs it. Floating-point sums split over a different number of threads add in a different
+order, and a class whose score differs from the best by a rounding error would then win some
+pixels in one layout and lose them in another; with the thread count fixed per block, the
+same block gives the same bytes on a laptop, on ``--threads 8`` and on a cluster of the same
+CPU kind. Parallelism comes from blocks computed side by side instead.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ import numpy as np
 
 from ..core.progress import drive
 from ..core.region import Region
-from ..core.slide import Slide, open_slide
+from ..core.slide import MAX_SLIDE_PIXELS, Slide, open_slide
 from .block_plan import Block
 
+#: Torch intra-op threads of every block, whatever the layout (see the module docstring).
+BLOCK_TORCH_THREADS = 1
 #: Head/extractor pairs and open slides kept per process.
 _MAX_MODELS = 2
 _MAX_SLIDES = 4
@@ -64,6 +74,8 @@ class BlockJob:
         Tiles per feature and head batch.
     labels_path, done_dir : str
         The zarr label array and the folder of done markers.
+    max_pixels : int
+        The size limit the slide was opened with (see :func:`~napari_pathsegdiff.core.slide.open_slide`).
     """
 
     slide_path: str
@@ -77,6 +89,7 @@ class BlockJob:
     batch_size: int
     labels_path: str
     done_dir: str
+    max_pixels: int = MAX_SLIDE_PIXELS
 
 
 def head_identity(folder: str | Path) -> str:
@@ -118,14 +131,14 @@ def worker_models(head_dir: str, *, head_identity: str, device: str = "auto", ba
         return head, extractor
 
 
-def worker_slide(path: str, identity: str) -> Slide:
+def worker_slide(path: str, identity: str, *, max_pixels: int = MAX_SLIDE_PIXELS) -> Slide:
     """The slide at ``path``, opened once per process (at most :data:`_MAX_SLIDES` kept)."""
     key = (str(path), identity)
     with _lock:
         if key in _slides:
             _slides.move_to_end(key)
             return _slides[key]
-        slide = open_slide(path)
+        slide = open_slide(path, max_pixels=max_pixels)
         _slides[key] = slide
         while len(_slides) > _MAX_SLIDES:
             _slides.popitem(last=False)[1].close()
@@ -162,7 +175,7 @@ def predict_block(job: BlockJob, region: Region) -> np.ndarray:
     head, extractor = worker_models(
         job.head_dir, head_identity=job.head_identity, device=job.device, backbone=job.backbone
     )
-    slide = worker_slide(job.slide_path, job.slide_identity)
+    slide = worker_slide(job.slide_path, job.slide_identity, max_pixels=job.max_pixels)
     grid = make_grid(extractor, analysis_scale(source_mpp(slide, region.level, job.mpp), head.config.mpp))
     window = tile_window(grid, region)
     source = WindowedSlide(slide, window, slide.read_region(window))
@@ -214,6 +227,7 @@ def run_block(job: BlockJob, block: Block) -> dict:
     import zarr
 
     t0 = time.perf_counter()
+    threads = fix_torch_threads()
     labels = predict_block(job, block.region)
     if labels.shape != block.region.shape:
         raise RuntimeError(f"Block {block.key}: labels of shape {labels.shape}, expected {block.region.shape}.")
@@ -226,12 +240,26 @@ def run_block(job: BlockJob, block: Block) -> dict:
         "counts": {str(i): int(counts[i]) for i in np.flatnonzero(counts)},
         "seconds": round(time.perf_counter() - t0, 4),
         "pid": os.getpid(),
+        "torch_threads": threads,
     }
     with _lock:
         _stats["blocks"] += 1
         record["process_model_loads"] = _stats["model_loads"]
     write_done(job.done_dir, block, record)
     return record
+
+
+def fix_torch_threads(n: int = BLOCK_TORCH_THREADS) -> int:
+    """Make torch use ``n`` intra-op threads in the calling thread; returns the number in use.
+
+    torch keeps the count per thread for threads it did not start, so it is set in the thread
+    that computes the block, every time (cheap when already right).
+    """
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 # --- done markers ------------------------------------------------------------------------------

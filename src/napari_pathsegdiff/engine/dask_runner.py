@@ -1,12 +1,16 @@
 """Run a graph of block tasks: dask threads on this machine, or a dask.distributed cluster.
 
-- default: dask's local scheduler on a pool of one thread per core in this process, with
-  dask's :class:`~dask.diagnostics.ProgressBar`;
+- default: dask's local scheduler on a pool of ``threads`` threads (default one per core) in
+  this process, with dask's :class:`~dask.diagnostics.ProgressBar`;
 - ``scheduler="tcp://host:8786"``: an existing cluster (dask.distributed, dask-jobqueue on SLURM,
   dask-kubernetes, ...) through a :class:`distributed.Client`; slides, head and output folder
   must be on storage the workers see under the same paths;
 - ``workers=N``: a :class:`distributed.LocalCluster` of ``N`` worker processes with one thread
   each, started here and stopped at the end.
+
+Each block sets its own torch thread count (:func:`~.block_worker.fix_torch_threads`), so the
+layout changes the speed, never the result; a threads run gives this process's torch thread
+count back when it ends.
 
 With a cluster the progress is distributed's text bar, and the dashboard link is printed when
 the scheduler serves one.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -32,6 +37,9 @@ class BlockRunner:
         Address of a running dask scheduler.
     workers : int, optional
         Start a local cluster of this many worker processes.
+    threads : int, optional
+        Blocks computed at once by a threads run (default: one per core); not used with a
+        cluster, whose workers compute one block at a time each.
     show_progress : bool
         Show a progress bar for each computation.
     say : callable, optional
@@ -43,6 +51,7 @@ class BlockRunner:
         *,
         scheduler: str | None = None,
         workers: int | None = None,
+        threads: int | None = None,
         show_progress: bool = False,
         say: Callable[[str], Any] | None = None,
     ):
@@ -53,7 +62,9 @@ class BlockRunner:
         self.scheduler, self.workers = scheduler, workers
         self.show_progress = show_progress
         self._say = say or (lambda _line: None)
-        self.threads = os.cpu_count() or 1
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads must be 1 or more, got {threads}.")
+        self.threads = threads or os.cpu_count() or 1
         self.client = None
         self._cluster = None
 
@@ -120,7 +131,8 @@ class BlockRunner:
         if self.client is None:
             # A pool of our own: leaving it waits for the tasks still running, so nothing of
             # this computation writes after run() returns or raises.
-            with ThreadPoolExecutor(self.threads) as pool, _progress_bar(self.show_progress):
+            with _keep_torch_threads(), ThreadPoolExecutor(self.threads) as pool, \
+                    _progress_bar(self.show_progress):
                 return list(dask.compute(*tasks, scheduler=pool))
         futures = self.client.compute(tasks)
         try:
@@ -132,6 +144,19 @@ class BlockRunner:
             return self.client.gather(futures)
         finally:
             self.client.cancel(futures)
+
+
+@contextlib.contextmanager
+def _keep_torch_threads():
+    """Give this thread's torch thread count back after blocks ran in this process."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None and before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _progress_bar(show: bool):

@@ -20,6 +20,11 @@ For each slide:
    blocks computed and skipped, seconds, status. This runs in a background thread of the
    client while the blocks of the next slide are computed.
 
+One run at a time writes into an ``out`` folder: a run holds the lock ``out/.segment-slide.lock``
+(:class:`~napari_pathsegdiff.core.locks.FolderLock`) from start to end, and a second run into the
+same folder stops at once with a message naming the first (process, host, start time). The
+lock ends with the process, however it ends, so a killed run never blocks the next one.
+
 A slide that cannot be done (unreadable, no tissue, no µm/px for a head that needs one, a
 failing block) is reported with its reason in its summary and in ``batch_summary.json``;
 the other slides are still done. With ``resume`` the blocks already done are kept, so a
@@ -28,6 +33,7 @@ run killed at any moment resumes to the identical result.
 Layout of ``out``::
 
     batch_summary.json
+    .segment-slide.lock                   held by the run writing here
     <slide name>/summary.json, labels.ome.zarr, classes.geojson, [labels.ome.tif]
     <slide name>/work/labels.zarr     the analysis-level labels, one chunk per block
     <slide name>/work/done/r<row>-c<col>.json   done markers (class counts, seconds)
@@ -43,7 +49,6 @@ not in a class); ``outputs``; ``seconds`` (blocks, outputs, total) and ``notes``
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -56,15 +61,18 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
+from ..core.atomic import recover_folder, remove_folder
+from ..core.locks import FolderLock
 from ..core.progress import Progress
 from ..core.region import Region
-from ..core.slide import SlideError, open_slide
+from ..core.slide import MAX_SLIDE_PIXELS, SlideError, open_slide
 from .block_plan import SlideFailed, choose_level, find_tissue, plan_blocks
 from .block_worker import BlockJob, head_identity, read_done, run_block
 from .dask_runner import BlockRunner
 from .slide_outputs import GEOJSON, OME_TIFF, OME_ZARR, SUMMARY, write_json, write_slide_outputs
 
 BATCH_SUMMARY = "batch_summary.json"
+OUT_LOCK = ".segment-slide.lock"
 WORK = "work"
 MIN_BLOCK = 32
 _OUTPUT_NAMES = (SUMMARY, OME_ZARR, OME_TIFF, GEOJSON)
@@ -86,6 +94,7 @@ class BatchOptions:
     ome_tiff: bool = False
     backbone: str | None = None
     region: tuple[int, int, int, int] | None = None
+    max_pixels: int = MAX_SLIDE_PIXELS
 
 
 @dataclass
@@ -130,8 +139,10 @@ def segment_slides(
     ome_tiff: bool = False,
     backbone: str | None = None,
     region: tuple[int, int, int, int] | None = None,
+    max_pixels: int = MAX_SLIDE_PIXELS,
     scheduler: str | None = None,
     workers: int | None = None,
+    threads: int | None = None,
     show_progress: bool = False,
     callback: Callable[[Progress], Any] | None = None,
 ) -> BatchResult:
@@ -167,10 +178,16 @@ def segment_slides(
         Diffusion backbone replacing the one recorded in the head (a folder or ``"default"``).
     region : (y, x, height, width), optional
         Only blocks overlapping this box of the analysis level.
+    max_pixels : int
+        Slides whose level 0 claims more pixels are refused (damaged files, decompression
+        bombs); see :func:`~napari_pathsegdiff.core.slide.open_slide`.
     scheduler : str, optional
         Address of a dask.distributed scheduler to run the blocks on.
     workers : int, optional
         Start a local dask cluster of this many worker processes (one thread each).
+    threads : int, optional
+        Without a cluster: blocks computed at once (default one per core). Every block runs
+        with one torch thread, so results are identical whatever ``threads`` or ``workers``.
     show_progress : bool
         Progress bars (dask's for threads, distributed's for a cluster).
     callback : callable, optional
@@ -187,6 +204,8 @@ def segment_slides(
     FileNotFoundError, ValueError
         Problems that concern the whole batch (head folder, options, output folder, two
         slides with the same name, an unreachable scheduler), before any slide is touched.
+    FolderInUse
+        Another run is writing into ``out`` (a ``ValueError`` naming it).
     """
     t0 = time.perf_counter()
     options = BatchOptions(
@@ -194,14 +213,25 @@ def segment_slides(
         tissue_only=tissue_only, resume=resume, device=device, block=int(block),
         batch_size=int(batch_size), ome_tiff=ome_tiff, backbone=backbone,
         region=tuple(int(v) for v in region) if region is not None else None,
+        max_pixels=int(max_pixels),
     )
     paths = _check_batch(slides, options)
     head_info = _read_head(options.head)
-    options.out.mkdir(parents=True, exist_ok=True)
     report = callback or (lambda _rec: None)
+    with FolderLock(options.out, OUT_LOCK, purpose="pathsegdiff segment-slide") as lock:
+        if lock.taken_over is not None:
+            report(Progress("slides", 0, len(paths), f"{options.out}: the run of "
+                            f"{lock.taken_over.describe()} ended without finishing; continuing"))
+        return _segment_locked(paths, options, head_info, report, scheduler=scheduler,
+                               workers=workers, threads=threads, show_progress=show_progress, t0=t0)
+
+
+def _segment_locked(paths: list[Path], options: BatchOptions, head_info: "_Head", report, *,
+                    scheduler, workers, threads, show_progress: bool, t0: float) -> BatchResult:
+    """The batch itself, run while holding the lock of ``options.out``."""
     # Each slide's outputs are written by one background thread while the blocks of the
     # next slide run, so the workers do not wait for them.
-    with BlockRunner(scheduler=scheduler, workers=workers, show_progress=show_progress,
+    with BlockRunner(scheduler=scheduler, workers=workers, threads=threads, show_progress=show_progress,
                      say=lambda line: report(Progress("slides", 0, len(paths), line))) as runner, \
             ThreadPoolExecutor(1, thread_name_prefix="slide-outputs") as finisher:
         try:
@@ -255,7 +285,7 @@ def _segment_slide(path: Path, options: BatchOptions, head: _Head, runner: Block
     try:
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            slide = open_slide(path)
+            slide = open_slide(path, max_pixels=options.max_pixels)
         except (SlideError, OSError) as exc:
             raise SlideFailed(f"unreadable: {exc}") from exc
         with slide:
@@ -345,7 +375,7 @@ def _run_slide(slide, folder: Path, options: BatchOptions, head: _Head, runner: 
         slide_path=str(slide.path), slide_identity=slide.identity, level=level, mpp=options.mpp,
         head_dir=str(head.folder), head_identity=head.identity, device=options.device,
         backbone=options.backbone, batch_size=options.batch_size, labels_path=str(labels_path),
-        done_dir=str(done_dir),
+        done_dir=str(done_dir), max_pixels=options.max_pixels,
     )
     token = tokenize(job)[:12]
     tasks = [
@@ -414,12 +444,12 @@ def _prepare_work(folder: Path, slide, level: int, shape, options: BatchOptions,
         for leftover in work.rglob("*.partial"):  # temporary files of a killed write
             leftover.unlink(missing_ok=True)
         return labels_path, done_dir
-    if work.exists():
-        shutil.rmtree(work)
+    remove_folder(work)
     for name in _OUTPUT_NAMES:
         old = folder / name
+        recover_folder(old)
         if old.is_dir():
-            shutil.rmtree(old)
+            remove_folder(old)
         elif old.exists():
             old.unlink()
     work.mkdir(parents=True)
@@ -437,6 +467,8 @@ def _check_batch(slides, options: BatchOptions) -> list[Path]:
         raise ValueError("No slides given: pass one or more slide files.")
     if options.block < MIN_BLOCK:
         raise ValueError(f"--block must be at least {MIN_BLOCK} pixels, got {options.block}.")
+    if options.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be a positive number of pixels, got {options.max_pixels}.")
     if options.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {options.batch_size}.")
     if options.mpp is not None and not (np.isfinite(options.mpp) and options.mpp > 0):

@@ -9,6 +9,11 @@ block is done.
   :data:`GEOJSON_MAX_SIDE` pixels a side, in level-0 pixel coordinates
   (:mod:`~napari_pathsegdiff.core.geojson`). Label 0 (background, or not segmented) gets none.
 
+Each file is written under a temporary name beside its final one and renamed into place when
+complete (:mod:`~napari_pathsegdiff.core.atomic`): a run killed while writing leaves the
+previous file or none, never a partial file under the final name; leftovers of such a kill are
+removed when the outputs are written again.
+
 The pyramid is computed chunk by chunk with dask threads in this process (never on a
 cluster: measured faster, and the workers need not see the outputs), so memory does not grow
 with the slide.
@@ -17,15 +22,14 @@ with the slide.
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from pathlib import Path
 
 import dask
 import dask.array as da
 import zarr
 
+from ..core.atomic import recover_folder, replace_file, replace_folder, write_text_atomic
 from ..core.geojson import labels_to_geojson, write_geojson
 from ..core.ome_writer import read_labels_ome_zarr, write_labels_ome_tiff, write_labels_ome_zarr
 
@@ -78,14 +82,17 @@ def write_slide_outputs(
     outputs: dict = {}
     seconds: dict = {}
     t0 = time.perf_counter()
+    for output in (OME_ZARR, OME_TIFF, GEOJSON, SUMMARY):
+        recover_folder(folder / output)  # leftovers of a write that was killed
     with dask.config.set(scheduler="threads"):
-        write_labels_ome_zarr(folder / OME_ZARR, labels, mpp=mpp, name=name, class_names=names,
-                              class_colors=colors)
+        replace_folder(folder / OME_ZARR, lambda tmp: write_labels_ome_zarr(
+            tmp, labels, mpp=mpp, name=name, class_names=names, class_colors=colors))
         outputs["ome_zarr"] = OME_ZARR
         seconds["ome_zarr"] = round(time.perf_counter() - t0, 3)
         if ome_tiff:
             t0 = time.perf_counter()
-            write_labels_ome_tiff(folder / OME_TIFF, labels, mpp=mpp, name=name)
+            replace_file(folder / OME_TIFF,
+                         lambda tmp: write_labels_ome_tiff(tmp, labels, mpp=mpp, name=name))
             outputs["ome_tiff"] = OME_TIFF
             seconds["ome_tiff"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
@@ -121,8 +128,4 @@ def _geojson_level(path: Path):
 
 def write_json(path: Path, obj) -> Path:
     """Write ``obj`` as indented JSON, atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
