@@ -54,6 +54,9 @@ _STEM_CHANNELS = 32
 _BN_EPS = 1e-3
 _INPUT_MEAN, _INPUT_STD = 127.0, 128.0
 
+#: ``shift`` of the stem and of each strided block in turn (see :class:`_SameConv`).
+_SHIFTS = (1, 0, 1, 0, 1)
+
 #: Strides a feature map can be taken at.
 STAGE_STRIDES = (2, 4, 8, 16, 32)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -98,13 +101,22 @@ def receptive_radius(stride: int) -> int:
 
 
 class _SameConv(nn.Conv2d):
-    """Convolution (batch norm folded in, with bias) padded by TensorFlow's ``SAME`` rule."""
+    """Convolution (batch norm folded in, with bias) padded to ``ceil(size / stride)`` outputs.
+
+    The padding totals TensorFlow's ``SAME`` rule, as in training. A strided convolution puts
+    output ``i`` over input ``stride * i + shift`` (``shift`` 1 is TensorFlow's choice, 0 pads
+    one more pixel before); :data:`_SHIFTS` alternates them so that deeper maps stay near the
+    centres of their cells. The values away from a tile's border do not depend on it.
+    """
+
+    shift = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pad += [total // 2, total - total // 2]
+            before = total // 2 if s == 1 else min(max((k - 1) // 2 - self.shift, 0), total)
+            pad += [before, total - before]
         if any(pad):
             x = F.pad(x, pad)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
@@ -155,6 +167,9 @@ class _Lite0Trunk(nn.Module):
         self.stem = _folded_conv(state, "_conv_stem", "_bn0", stride=2)
         specs = _block_specs()[: max(self.taps) + 1]
         self.blocks = nn.ModuleList(_MBConv(state, f"_blocks.{i}", spec) for i, spec in enumerate(specs))
+        strided = [self.stem] + [b.depthwise for b in self.blocks if b.depthwise.stride[0] > 1]
+        for conv, shift in zip(strided, _SHIFTS):
+            conv.shift = shift
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self.stem(x))
