@@ -163,9 +163,10 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, torch
         ``torch.save``, or a ``.safetensors`` file.
     trust : bool
         When the safe loader refuses the file (a Lightning checkpoint can hold callback
-        objects), unpickle it anyway. Classes outside torch, numpy and collections become
-        inert stand-ins, so no code of the file runs and Lightning need not be installed; still,
-        give it only for a file you trust.
+        objects), unpickle it anyway: what the safe loader allows (tensors, dtypes,
+        ``OrderedDict``) is rebuilt, every other class or function the file names becomes an
+        inert stand-in, so Lightning need not be installed. Still, give it only for a file you
+        trust.
 
     Raises
     ------
@@ -186,7 +187,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, torch
         if trust:
             data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StandInPickle)
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            data = _safe_load(path)
     except pickle.UnpicklingError as exc:
         if trust:
             raise CompVisConversionError(f"Checkpoint {path}: cannot be unpickled ({_one_line(exc)}).") from exc
@@ -211,6 +212,16 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, torch
     return tensors
 
 
+def _safe_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped when the file allows it (zip format)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 class _StandIn:
     """An inert object standing for a class the checkpoint refers to (never its code)."""
 
@@ -222,13 +233,21 @@ class _StandIn:
 
 
 class _StandInUnpickler(pickle.Unpickler):
-    _REAL = ("torch", "collections", "numpy")
-    _BUILTINS = frozenset({"set", "frozenset", "dict", "list", "tuple", "int", "float", "complex", "bool", "str", "bytes", "slice", "range", "bytearray"})
+    """Resolves only what the safe loader allows (tensors, storages, dtypes, OrderedDict);
+    every other global becomes a :class:`_StandIn` subclass, so nothing named by the file runs."""
 
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] in self._REAL or (module == "builtins" and name in self._BUILTINS):
-            return super().find_class(module, name)
+        allowed = _safe_globals().get(f"{module}.{name}")
+        if allowed is not None:
+            return allowed
         return type(name, (_StandIn,), {"__module__": f"standin.{module}"})
+
+
+def _safe_globals() -> dict[str, Any]:
+    """The globals ``torch.load(weights_only=True)`` resolves, by ``module.name``."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    return _get_allowed_globals()
 
 
 class _StandInPickle:
