@@ -1,9 +1,11 @@
 """The torch filter bank computes scikit-image's multiscale_basic_features, channel for channel.
 
-Tolerance: 1e-6 absolute on tiles in [0, 1]. scikit-image computes in float32, so its own
-rounding is about 6e-8 per value; the torch version measures within 1.2e-7 of it (see
-BENCHMARKS.md, "Filter bank in torch"), far below the float16 resolution at which the head
-reads features (about 2.4e-4 near 0.5).
+Tolerance: 1e-6 absolute on tiles in [0, 1], and on a real H&E tile 2e-3 of each channel's
+standard deviation. scikit-image computes in float32, so its own rounding is about 6e-8 per
+value (1.1e-3 of the spread of the sigma-16 Hessian eigenvalues on that tile); the torch
+version measures within 3e-7 of it (see BENCHMARKS.md, "Filter bank in
+torch"), far below the float16 resolution at which the head reads the features (2.4e-4 near
+0.5).
 """
 
 from __future__ import annotations
@@ -108,7 +110,15 @@ def test_real_hne_tile_matches_skimage():
     with tifffile.TiffFile(sample_slide_path()) as tif:
         rgb = tif.pages[0].asarray()[1000:1160, 1200:1400]
     tiles = np.moveaxis(rgb.astype(np.float32) / 255, -1, 0)[None]
-    assert_matches_skimage(tiles, **DEFAULTS)
+    got = assert_matches_skimage(tiles, **DEFAULTS)
+    # Relative to each channel's spread, down to the tiny sigma-16 Hessian eigenvalues: within
+    # 2e-3, as scikit-image's own float32 rounding already reaches 1.1e-3 of it on this tile.
+    expected = skimage_features(tiles, **DEFAULTS)
+    spread = expected.std(axis=(0, 2, 3))
+    worst = (np.abs(got - expected).max(axis=(0, 2, 3)) / spread).max()
+    skimage_own = (np.abs(filter_bank(tiles.astype(np.float64), **DEFAULTS) - expected).max(axis=(0, 2, 3))
+                   / spread).max()
+    assert skimage_own > 5e-4 and worst < 2e-3
 
 
 def test_tiles_thinner_than_the_kernel_and_tiny_tiles_match_skimage():

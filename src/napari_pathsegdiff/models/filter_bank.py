@@ -21,6 +21,12 @@ single-channel ``1 x k`` kernel. The borders match SciPy exactly: mode ``'neares
 torch's ``'replicate'`` padding, and for the 3-tap Sobel SciPy's ``'reflect'``
 (``d c b a | a b c d``) also repeats the edge pixel, so it is ``'replicate'`` too.
 
+Precision: scikit-image computes in float32 (SciPy sums each Gaussian in float64, then
+rounds). Here each plane is smoothed minus its mean (derivatives ignore the offset, intensity
+adds it back), which keeps float32 sums small; kernels longer than
+:data:`LONGEST_FLOAT32_KERNEL` taps are summed in float64. On H&E tiles the result is within
+3e-7 of scikit-image's, whose own rounding is about 6e-8.
+
 Every scale is computed at full resolution. Computing the large scales on a downsampled image
 and upsampling was measured (``scripts/bench_filter_bank.py --coarse``) and is not used: the
 Hessian eigenvalues of the upsampled maps differ from scikit-image's by far more than the
@@ -28,7 +34,6 @@ float16 resolution at which the head reads them (see BENCHMARKS.md, "Filter bank
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 import torch
@@ -38,6 +43,10 @@ import torch.nn.functional as F
 BLOCK = 64
 #: Gaussian kernel radius in units of sigma, as scikit-image's (and SciPy's) default.
 TRUNCATE = 4.0
+#: Longer Gaussian kernels are summed in float64 (as SciPy sums every kernel): float32 sums
+#: of more taps err by up to 2e-3 of the standard deviation of the second derivatives they
+#: feed, which shrink with the scale (sigma 16 on H&E, BENCHMARKS.md "Filter bank in torch").
+LONGEST_FLOAT32_KERNEL = 65
 
 
 def filter_sigmas(sigma_min: float, sigma_max: float, num_sigma: int) -> np.ndarray:
@@ -229,8 +238,11 @@ def gaussian(planes: torch.Tensor, sigma: float) -> torch.Tensor:
 
     Mode ``'nearest'`` and truncation at 4 sigma, as :func:`skimage.filters.gaussian` calls it.
     """
-    kernel = gaussian_kernel(sigma, dtype=planes.dtype, device=planes.device)
-    return smooth_height(smooth_width(planes, kernel), kernel)
+    kernel = gaussian_kernel(sigma, dtype=torch.float64, device=planes.device)
+    if kernel.numel() <= LONGEST_FLOAT32_KERNEL:
+        kernel = kernel.to(planes.dtype)
+    smoothed = smooth_height(smooth_width(planes.to(kernel.dtype), kernel), kernel)
+    return smoothed.to(planes.dtype)
 
 
 def sobel_magnitude(image: torch.Tensor) -> torch.Tensor:
