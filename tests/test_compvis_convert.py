@@ -313,6 +313,7 @@ def test_unconditional_ldm_is_refused(source, tmp_path):
         (lambda p: p["unet_config"]["params"].__setitem__("channel_mult", [1, 2, 2, 4]), r"does not match the yaml: the unet (lacks|has)"),
         (lambda p: p["unet_config"]["params"].__setitem__("num_res_blocks", 1), r"does not match the yaml"),
         (lambda p: p["first_stage_config"]["params"]["ddconfig"].__setitem__("ch_mult", [1, 2]), r"does not match the yaml"),
+        (lambda p: p["unet_config"]["params"].__setitem__("channel_mult", [1, 1, 2]), r"does not match the yaml"),
         (lambda p: p["cond_stage_config"]["params"].__setitem__("patch_embed_dim", 768), r"widths \[96\], the yaml says \[768\]"),
         (lambda p: p.__setitem__("linear_end", 0.012), r"noise schedule .* differs"),
     ],

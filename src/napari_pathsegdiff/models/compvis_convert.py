@@ -117,6 +117,12 @@ def read_compvis_config(path: str | Path) -> dict:
             f"{path}: the first stage is {first!r}, not a VQ autoencoder (VQModelInterface); a "
             "KL autoencoder means a Stable Diffusion-like model, which this converter does not read."
         )
+    ddconfig = _dig(config, ("model", "params", "first_stage_config", "params", "ddconfig"), path)
+    if ddconfig.get("attn_resolutions"):
+        raise CompVisConversionError(
+            f"{path}: the first stage has attention at resolutions {ddconfig['attn_resolutions']}; "
+            "diffusers' VQModel has attention only in its mid block, as the pathology LDM's."
+        )
     unet = _dig(config, ("model", "params", "unet_config", "params"), path)
     if not unet.get("use_spatial_transformer") or not unet.get("context_dim"):
         raise CompVisConversionError(f"{path}: the UNet has no spatial transformer with a context_dim.")
@@ -316,11 +322,6 @@ def vq_config(config: dict) -> dict:
     params = config["model"]["params"]
     first = params["first_stage_config"]["params"]
     dd = first["ddconfig"]
-    if dd.get("attn_resolutions"):
-        raise CompVisConversionError(
-            f"first stage with attention at resolutions {dd['attn_resolutions']}: diffusers' VQModel "
-            "has attention only in its mid block."
-        )
     n = len(dd["ch_mult"])
     return {
         "in_channels": dd["in_channels"],
@@ -396,9 +397,16 @@ def convert_state_dict(state: dict[str, Any], config: dict, *, where: str = "che
     kind = check_family(state, where)
     ucfg = unet_config(config, state)
     vcfg = vq_config(config)
-    with _quiet_diffusers():
-        unet_sd = convert_ldm_unet_checkpoint(state, ucfg)
-        vq_sd = convert_ldm_vae_checkpoint(state, vcfg)
+    try:
+        with _quiet_diffusers():
+            unet_sd = convert_ldm_unet_checkpoint(state, ucfg)
+            vq_sd = convert_ldm_vae_checkpoint(state, vcfg)
+    except (KeyError, IndexError, ValueError, RuntimeError) as exc:
+        raise CompVisConversionError(
+            f"{where}: the checkpoint does not match the yaml: mapping its keys onto the models the "
+            f"yaml describes failed ({type(exc).__name__}: {_one_line(exc)}). Use the yaml released "
+            "with this checkpoint."
+        ) from exc
     vq_sd["quantize.embedding.weight"] = state[VQ_PREFIX + CODEBOOK]
     cond = config["model"]["params"]["cond_stage_config"]
     if _embedder_kind(str(cond.get("target")), where) != kind:
