@@ -503,3 +503,23 @@ def test_a_decompression_bomb_in_a_batch_is_refused_with_the_limit_to_raise(samp
         assert cli_main(["segment-slide", str(sample), "--head", str(head_dir), "--out", str(out),
                          "--quiet", *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_diffusion_features_threads_and_a_two_worker_cluster_agree_to_the_pixel(sample, cluster, tmp_path):
+    from napari_pathsegdiff.engine.shipped_models import default_backbone_installed, demo_head_folder
+
+    if not default_backbone_installed() or demo_head_folder() is None:
+        pytest.skip("the default backbone and demo head are not installed in this checkout")
+    box = dict(block=512, region=(512, 0, 512, 1024))
+    on_threads = segment_slides([sample], head=demo_head_folder(), out=tmp_path / "threads", threads=2, **box)
+    on_cluster = segment_slides([sample], head=demo_head_folder(), out=tmp_path / "cluster",
+                                scheduler=cluster.client.scheduler.address, **box)
+    assert on_threads.ok and on_cluster.ok
+    threads_labels = _labels(tmp_path / "threads", "CMU-1-Small-Region")
+    np.testing.assert_array_equal(threads_labels, _labels(tmp_path / "cluster", "CMU-1-Small-Region"))
+    assert len(np.unique(threads_labels[512:1024, :1024])) >= 2  # a real segmentation, not a blank
+    for run in ("threads", "cluster"):
+        records = [json.loads(p.read_text())
+                   for p in (tmp_path / run / "CMU-1-Small-Region" / "work" / "done").glob("*.json")]
+        assert len(records) == 2 and {r["torch_threads"] for r in records} == {1}

@@ -249,14 +249,16 @@ def run_block(job: BlockJob, block: Block) -> dict:
     return record
 
 
-def fix_torch_threads(n: int = BLOCK_TORCH_THREADS) -> int:
-    """Make torch use ``n`` intra-op threads in the calling thread; returns the number in use.
+def fix_torch_threads(n: int | None = None) -> int:
+    """Make torch use ``n`` (default :data:`BLOCK_TORCH_THREADS`) intra-op threads in the
+    calling thread; returns the number in use.
 
     torch keeps the count per thread for threads it did not start, so it is set in the thread
     that computes the block, every time (cheap when already right).
     """
     import torch
 
+    n = BLOCK_TORCH_THREADS if n is None else int(n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
