@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--level", type=int, default=None, metavar="L",
                         help="pyramid level of --region (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per batch")
+    parser.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+                        help="test-time augmentation: mean over 1, 2, 4 or 8 flips/rotations of every tile "
+                             "(each costs one more feature extraction; default 1)")
     add_feature_options(parser)
     parser.set_defaults(func=run)
 
@@ -36,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.progress import drive
     from ..core.region import Region
     from ..engine.predict import predict_region
-    from ..models.features import build_extractor, feature_kind, with_backbone
-    from ..models.heads import load_head
+    from ..models.features import feature_kind
+    from ..models.heads import load_head, load_head_and_extractor
     from . import UserError
     from . import set_threads
 
@@ -46,16 +49,15 @@ def run(args: argparse.Namespace) -> int:
     if args.level is not None and args.region is None:
         raise UserError("--level needs --region Y X H W.")
     head = load_head(args.head)
-    config = dict(head.config.feature_config or {})
-    if args.features and args.features != feature_kind(config):
-        raise UserError(f"Head {args.head} needs {feature_kind(config)} features, not {args.features}.")
-    if args.backbone:
-        try:
-            config = with_backbone(config, args.backbone)
-        except ValueError as exc:
-            raise UserError(f"--backbone: head {args.head}: {exc}") from None
-    extractor = build_extractor(config, device=args.device)
-    head.check_compatible(extractor)
+    kind = feature_kind(head.config.feature_config or {})
+    if args.features and args.features != kind:
+        raise UserError(f"Head {args.head} needs {kind} features, not {args.features}.")
+    try:
+        head, extractor = load_head_and_extractor(args.head, backbone=args.backbone, device=args.device)
+    except ValueError as exc:
+        if not args.backbone:
+            raise
+        raise UserError(f"--backbone: head {args.head}: {exc}") from None
 
     paths = [Path(p) for p in args.inputs]
     for p in paths:
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             source, region = read_rgb(p), None
         try:
             pred = drive(predict_region(source, region, head=head, extractor=extractor,
-                                        mpp=args.mpp, batch_size=args.batch_size))
+                                        mpp=args.mpp, batch_size=args.batch_size, tta=args.tta))
         finally:
             if region is not None:
                 source.close()

@@ -19,7 +19,12 @@ def register(subparsers) -> None:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of RGB images")
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of same-named masks")
     parser.add_argument("--out", required=True, metavar="HEAD_DIR", help="folder to write the head to")
-    add_feature_options(parser)
+    add_feature_options(parser, auto=True)
+    parser.add_argument("--head", dest="head_kind", type=_head_kind, metavar="KIND",
+                        help=f"{'|'.join(('auto',) + _head_kinds())}: the head (default auto: chosen with "
+                             "the features by cross-validation on your images)")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="time for auto's cross-validation (default 900)")
     parser.add_argument("--init", metavar="HEAD_DIR",
                         help="fine-tune this head (its classes and features) instead of a new one")
     parser.add_argument("--unlabelled", type=int, metavar="V",
@@ -45,16 +50,38 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_feature_options(parser: argparse.ArgumentParser) -> None:
-    """``--features``, ``--backbone``, ``--device`` (shared by train and predict)."""
-    parser.add_argument("--features", type=_feature_kind, metavar="KIND",
-                        help="diffusion, classic, rgb, or kinds fused with '+' such as diffusion+classic "
-                             "(default: diffusion, or the --init head's)")
+def add_feature_options(parser: argparse.ArgumentParser, *, auto: bool = False) -> None:
+    """``--features``, ``--backbone``, ``--device``, ``--threads`` (shared by train and predict).
+
+    The feature choices are the registry's (:func:`~napari_pathsegdiff.models.features.registered_kinds`).
+    """
+    from ..models.features import registered_kinds
+
+    kinds = ("auto",) * auto + registered_kinds()
+    parser.add_argument("--features", type=_feature_kind_or_auto if auto else _feature_kind, metavar="KIND",
+                        help=f"{'|'.join(kinds)}, or kinds joined with '+' such as diffusion+classic "
+                             + ("(default auto, or the --init head's)" if auto else "(default: the head's)"))
     parser.add_argument("--backbone", metavar="default|PATH|HUB_ID",
                         help="diffusion backbone: 'default', a folder or a cached hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch's feature extraction (default: torch's; 1 on a busy machine)")
+
+
+def _feature_kind_or_auto(text: str) -> str:
+    return "auto" if text == "auto" else _feature_kind(text)
+
+
+def _head_kinds() -> tuple[str, ...]:
+    from ..models.heads import head_kinds
+
+    return head_kinds()
+
+
+def _head_kind(text: str) -> str:
+    if text != "auto" and text not in _head_kinds():
+        raise argparse.ArgumentTypeError(f"Unknown head {text!r}: use one of {', '.join(('auto',) + _head_kinds())}.")
+    return text
 
 
 def _feature_kind(text: str) -> str:
@@ -70,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
     from ..core.progress import drive
     from ..engine.train_head import TrainSample, train_head
-    from ..models.features import build_extractor, feature_kind, make_extractor, with_backbone
-    from ..models.heads import load_head, save_head
+    from ..models.features import feature_kind
+    from ..models.heads import save_head
     from . import UserError
     from . import set_threads
 
@@ -86,29 +113,8 @@ def run(args: argparse.Namespace) -> int:
     synthetic = _synthetic_samples(args.synthetic, args.synthetic_weight) if args.synthetic else []
     samples += synthetic
 
-    head = None
-    if args.init:
-        head = load_head(args.init)
-        config = dict(head.config.feature_config)
-        if args.features and args.features != feature_kind(config):
-            raise UserError(
-                f"--init head {args.init} was trained on {feature_kind(config)} features, "
-                f"not {args.features}."
-            )
-        if args.backbone:
-            try:
-                config = with_backbone(config, args.backbone)
-            except ValueError as exc:
-                raise UserError(f"--backbone: head {args.init}: {exc}") from None
-        extractor = build_extractor(config, device=args.device)
-    else:
-        if args.backbone and "diffusion" not in (args.features or "diffusion").split("+"):
-            raise UserError(f"--backbone applies to diffusion features, not --features {args.features}.")
-        extractor = make_extractor(args.features or "diffusion", backbone=args.backbone or "default",
-                                   device=args.device)
-
     class_ids = None
-    if args.class_names and head is None:
+    if args.class_names and not args.init:
         ids = sorted({int(v) for s in samples for v in _unique(s.mask)} - {args.unlabelled})
         if len(ids) != len(args.class_names):
             raise UserError(
@@ -117,48 +123,104 @@ def run(args: argparse.Namespace) -> int:
             )
         class_ids = ids
     start = time.time()
-    result = drive(train_head(
-        samples,
-        extractor=extractor,
-        head=head,
-        class_ids=class_ids,
-        class_names=args.class_names if head is None else None,
-        unlabelled=args.unlabelled,
-        steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        hidden=args.hidden,
-        depth=args.depth,
-    ))
+    common = {"class_ids": class_ids, "class_names": args.class_names if not args.init else None,
+              "unlabelled": args.unlabelled, "seed": args.seed}
+    if args.init:
+        (result, extractor), auto = _fine_tune(args, samples, common), None
+    elif "auto" in (args.features or "auto", args.head_kind or "auto"):
+        auto = _auto(args, samples, common)
+        result, extractor = auto.result, auto.extractor
+    else:
+        extractor = _extractor(args, args.features)
+        options = _fcn_options(args) if args.head_kind == "fcn" else {}
+        result, auto = drive(train_head(samples, extractor=extractor, head_kind=args.head_kind, **common, **options)), None
     record = {
         "images": [p.name for p, _ in pairs],
         "synthetic": {"folder": str(args.synthetic), "pairs": len(synthetic), "weight": args.synthetic_weight}
         if synthetic else None,
         "masks": [m.name for _, m in pairs],
+        "head": result.head.head_kind,
         "features": extractor.config(),
         "feature_identity": extractor.identity,
         "init": str(args.init) if args.init else None,
         "unlabelled": args.unlabelled,
         "mpp": args.mpp,
         "seed": args.seed,
-        "options": {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "val_fraction",
-                                                  "patience", "hidden", "depth")},
+        "options": _fcn_options(args) if result.head.head_kind == "fcn" else {},
+        "auto": auto.record() if auto is not None else None,
         "result": result.summary(),
         "wall_seconds": round(time.time() - start, 2),
     }
     out = save_head(result.head, args.out, extra={"training.json": record})
     pixels = sum(result.class_pixels.values())
+    if auto is not None:
+        for c in auto.candidates:
+            score = "  –  " if c["cv_dice"] is None else f"{c['cv_dice']:.3f}"
+            print(f"  {c['name']:32s} CV Dice {score}  {c['seconds']:7.1f} s  {c['status']}")
+        print(auto.note)
+    steps = f", {result.steps} steps" + (" (stopped early)" if result.stopped_early else "") if result.steps else ""
     print(
-        f"Trained a head for classes {result.head.describe_classes()} on {len(pairs)} image(s), "
+        f"Trained a {result.head.head_kind} head on {feature_kind(extractor.config())} features for classes "
+        f"{result.head.describe_classes()} on {len(pairs)} image(s), "
         + (f"{len(synthetic)} generated pair(s) (weight {args.synthetic_weight:g}), " if synthetic else "")
-        + f"{pixels} labelled pixels, {result.steps} steps"
-        + (" (stopped early)" if result.stopped_early else "")
-        + f"; saved to {out}"
+        + f"{pixels} labelled pixels{steps}; saved to {out}"
     )
     return 0
+
+
+def _fcn_options(args) -> dict:
+    return {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "val_fraction", "patience", "hidden", "depth")}
+
+
+def _extractor(args, features: str):
+    from ..models.features import make_extractor, uses_backbone, feature_config
+    from . import UserError
+
+    if args.backbone and not uses_backbone(feature_config(features)):
+        raise UserError(f"--backbone applies to diffusion features, not --features {features}.")
+    return make_extractor(features, backbone=args.backbone or "default", device=args.device)
+
+
+def _fine_tune(args, samples, common):
+    """Fine-tune the --init head (its features; --backbone may move them)."""
+    from ..core.progress import drive
+    from ..engine.train_head import train_head
+    from ..models.features import feature_kind
+    from ..models.heads import load_head, load_head_and_extractor
+    from . import UserError
+
+    head = load_head(args.init)
+    kind = feature_kind(head.config.feature_config)
+    if args.features not in (None, "auto", kind):
+        raise UserError(f"--init head {args.init} was trained on {kind} features, not {args.features}.")
+    if args.head_kind not in (None, "auto", head.head_kind):
+        raise UserError(f"--init head {args.init} is a {head.head_kind} head, not {args.head_kind}.")
+    try:
+        head, extractor = load_head_and_extractor(args.init, backbone=args.backbone, device=args.device)
+    except ValueError as exc:
+        raise UserError(f"--backbone: head {args.init}: {exc}") from None
+    options = _fcn_options(args) if head.head_kind == "fcn" else {}
+    common = {k: v for k, v in common.items() if k not in ("class_ids", "class_names")}
+    return drive(train_head(samples, extractor=extractor, head=head, **common, **options)), extractor
+
+
+def _auto(args, samples, common):
+    """Candidates from --features/--head (auto where not given), scored and trained."""
+    from ..core.progress import drive
+    from ..engine.auto_select import CLI_BUDGET_S, DEFAULT_CANDIDATES, Candidate, auto_train
+    from ..models.heads import head_kinds
+
+    features, head = args.features or "auto", args.head_kind or "auto"
+    if features == "auto" and head == "auto":
+        candidates = list(DEFAULT_CANDIDATES)
+    elif features == "auto":
+        candidates = [c for c in DEFAULT_CANDIDATES if c.head == head] or [Candidate("classic", head)]
+    else:
+        candidates = [Candidate(features, h) for h in head_kinds()]
+    fcn = tuple(sorted(_fcn_options(args).items()))
+    candidates = [Candidate(c.features, c.head, fcn if c.head == "fcn" else c.settings) for c in candidates]
+    return drive(auto_train(samples, make_extractor=lambda f: _extractor(args, f), candidates=candidates,
+                            budget_s=CLI_BUDGET_S if args.budget is None else args.budget, **common))
 
 
 def _synthetic_samples(folder, weight: float) -> list:

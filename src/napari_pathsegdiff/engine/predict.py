@@ -18,6 +18,7 @@ from ..core.feature_cache import FeatureCache
 from ..core.progress import Progress, Work, drive
 from ..core.region import Region
 from ..core.tiling import Stitcher
+from ..models.dihedral import DihedralView, transforms, untransform
 from .tile_features import (
     analysis_scale,
     as_slide,
@@ -73,6 +74,7 @@ def predict_region(
     batch_size: int = 4,
     mpp: float | None = None,
     return_probabilities: bool = False,
+    tta: int = 1,
 ) -> Work[Prediction]:
     """Predict ``region`` of ``source``; a generator yielding one :class:`Progress` per batch.
 
@@ -94,6 +96,9 @@ def predict_region(
         µm/px of level 0 of ``source`` when the file does not say (or to override it).
     return_probabilities : bool
         Also return per-class probabilities (float16).
+    tta : int
+        Dihedral test-time augmentation: the mean probabilities over 1, 2, 4 or 8 flips and
+        rotations of every tile (features extracted once per transform).
 
     Returns
     -------
@@ -122,14 +127,19 @@ def predict_region(
     device = head.device
     done = 0
     yield Progress("predict", 0, len(tiles), f"{len(tiles)} tiles")
-    for batch in iter_tile_features(
-        slide, region.level, grid, tiles, extractor, cache=cache, batch_size=batch_size
-    ):
-        maps = [torch.from_numpy(np.stack([f[i] for _, f in batch])).to(device) for i in range(len(batch[0][1]))]
-        probs = head.predict_proba(maps).cpu().numpy()
-        for (tile, _), p in zip(batch, probs):
+    views = [DihedralView(extractor, turns, mirrored) for turns, mirrored in transforms(tta)]
+    streams = [iter_tile_features(slide, region.level, grid, tiles, view, cache=cache, batch_size=batch_size)
+               for view in views]
+    for batches in zip(*streams):
+        probs = None
+        for (turns, mirrored), batch in zip(transforms(tta), batches):
+            maps = [torch.from_numpy(np.stack([f[i] for _, f in batch])).to(device) for i in range(len(batch[0][1]))]
+            p = untransform(head.predict_proba(maps, margin=grid.halo).float().cpu(), turns, mirrored)
+            probs = p if probs is None else probs + p
+        probs = (probs / len(views)).numpy()
+        for (tile, _), p in zip(batches[0], probs):
             stitcher.add(tile, p.astype(np.float16) if stitch_probs else p.argmax(0)[None].astype(np.uint8))
-        done += len(batch)
+        done += len(batches[0])
         yield Progress("predict", done, len(tiles), f"{done}/{len(tiles)} tiles")
     if stitch_probs:
         probabilities = grid.to_source(stitcher.values, box, region)

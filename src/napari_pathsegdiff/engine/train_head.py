@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -129,31 +131,77 @@ class _Window:
     x: int
 
 
+@dataclass
+class LabelledTiles:
+    """Labelled pixels and the features of their tiles: what every kind of head trains on.
+
+    Attributes
+    ----------
+    extractor : FeatureExtractor
+        The features.
+    classes : list of int
+        Class id of each output index.
+    class_names, class_colors : list of str or None
+        Of a new head (``None``: defaults).
+    mpp : float or None
+        µm/px of the analysis.
+    feats : list of list of ndarray
+        Per tile, its feature maps ``(C_i, h_i, w_i)``.
+    labels : list of ndarray
+        Per tile, output indices over the tile's outer pixels (``-1``: not labelled).
+    weights : list of float
+        Per tile, the loss weight of its sample.
+    sources : list of int
+        Per tile, the index of its sample (for cross-validation grouped by image).
+    """
+
+    extractor: object
+    classes: list[int]
+    class_names: list[str] | None
+    class_colors: list[str] | None
+    mpp: float | None
+    feats: list[list[np.ndarray]] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)
+
+    def subset(self, tiles) -> "LabelledTiles":
+        """The same classes and features restricted to the tiles of index ``tiles``."""
+        tiles = [int(t) for t in tiles]
+        return LabelledTiles(
+            self.extractor, self.classes, self.class_names, self.class_colors, self.mpp,
+            [self.feats[t] for t in tiles], [self.labels[t] for t in tiles],
+            [self.weights[t] for t in tiles], [self.sources[t] for t in tiles],
+        )
+
+    def class_counts(self) -> np.ndarray:
+        """Labelled pixels per output index."""
+        counts = np.zeros(len(self.classes), np.int64)
+        for lab in self.labels:
+            counts += np.bincount(lab[lab >= 0].ravel(), minlength=len(self.classes))[: len(self.classes)]
+        return counts
+
+
 def train_head(
     samples,
     *,
     extractor,
-    head: SegmentationHead | None = None,
+    head=None,
+    head_kind: str | None = None,
     class_ids: list[int] | None = None,
     class_names: list[str] | None = None,
     class_colors: list[str] | None = None,
     unlabelled: int | None = None,
-    steps: int | None = None,
-    lr: float = 1e-2,
     seed: int = 0,
-    val_fraction: float = 0.1,
-    patience: int = 5,
     cache: FeatureCache | None = None,
-    augment: bool = True,
-    batch_size: int = 32,
-    window: int = 32,
-    hidden: int = 16,
-    depth: int = 2,
-    dropout: float = 0.1,
     feature_batch_size: int = 4,
     threads: int | None = 1,
+    **options,
 ) -> Work[TrainResult]:
-    """Train a head; a generator yielding :class:`Progress` (features, then one per step).
+    """Train a head; a generator yielding :class:`Progress` (features, then training).
+
+    Two steps: :func:`gather_labelled_tiles` (the same for every kind of head), then the fit
+    of the head's kind (:func:`fit_head`).
 
     Parameters
     ----------
@@ -161,46 +209,95 @@ def train_head(
         ``(source, mask)``, ``(source, mask, region)`` or :class:`TrainSample`.
     extractor : FeatureExtractor
         Features to train on.
-    head : SegmentationHead, optional
-        Fine-tune a copy of this head (the normal case after an edit); its classes, µm/px and
-        feature normalisation are kept. Otherwise a new head is made.
+    head : head, optional
+        Start from this head (the normal case after an edit): its kind, classes, µm/px and
+        settings are kept; an FCN is fine-tuned, a forest is grown anew. It is never changed.
+    head_kind : str, optional
+        Kind of a new head (``"fcn"`` by default, ``"forest"``, any registered kind).
     class_ids, class_names, class_colors : list, optional
         Classes of a new head; default the ids found in the masks.
     unlabelled : int, optional
         Mask value of pixels that are not labelled (ignored). ``None``: every pixel counts.
-    steps : int, optional
-        Optimisation steps; default from the number of windows (:func:`default_steps`).
-    lr, seed, val_fraction, patience : float, int, float, int
-        Adam learning rate; seed of everything random; share of windows held out for
-        validation (none when fewer than 10 windows); validations without improvement before
-        stopping.
+    seed : int
+        Seed of everything random.
     cache : FeatureCache, optional
         Tile features already computed, filled with new ones.
-    augment : bool
-        Random flips and 90° rotations.
-    batch_size, window : int
-        Windows per step and their side in pixels.
-    hidden, depth, dropout : int, int, float
-        Architecture of a new head (see :class:`SegmentationHead`).
     feature_batch_size : int
         Tiles per feature-extraction batch.
     threads : int or None
-        Torch threads during each optimisation step (``None``: leave as is). The steps are
-        many small operations: one thread is as fast as two on an idle machine and many times
-        faster on a busy one, where threads wait for each other.
+        CPU threads of the fit (``None``: leave torch's setting).
+    **options
+        Settings of the kind's fit (:func:`fit_fcn`, :func:`~napari_pathsegdiff.engine.fit_forest.fit_forest`).
 
     Returns
     -------
     TrainResult
         Through ``StopIteration.value``.
     """
+    kind = head.head_kind if head is not None else (head_kind or "fcn")
+    if head is not None and head_kind not in (None, kind):
+        raise ValueError(f"The head to start from is a {kind} head, not a {head_kind} head.")
+    fitter = fitter_of(kind)
+    labelled = yield from gather_labelled_tiles(
+        samples, extractor=extractor, head=head, class_ids=class_ids, class_names=class_names,
+        class_colors=class_colors, unlabelled=unlabelled, cache=cache, feature_batch_size=feature_batch_size,
+    )
+    return (yield from fit_head(labelled, kind=kind, head=head, seed=seed, threads=threads, fitter=fitter, **options))
+
+
+def fit_head(labelled: "LabelledTiles", *, kind: str, head=None, seed: int = 0, threads: int | None = 1,
+             fitter=None, **options) -> Work[TrainResult]:
+    """Fit a head of ``kind`` on gathered labelled tiles; options are the kind's settings."""
+    fitter = fitter or fitter_of(kind)
+    try:
+        inspect.signature(fitter).bind(labelled, head=head, seed=seed, threads=threads, **options)
+    except TypeError as exc:
+        raise ValueError(f"Settings {sorted(options)} do not apply to a {kind} head: {exc}") from None
+    return (yield from fitter(labelled, head=head, seed=seed, threads=threads, **options))
+
+
+#: The fit of each head kind: ``fit(labelled, *, head, seed, threads, **settings) -> Work[TrainResult]``.
+_FITTERS: dict[str, str] = {
+    "fcn": "napari_pathsegdiff.engine.train_head:fit_fcn",
+    "forest": "napari_pathsegdiff.engine.fit_forest:fit_forest",
+}
+
+
+def register_fitter(kind: str, target: str) -> None:
+    """Register the fit of a head kind as ``"module:function"``."""
+    _FITTERS[str(kind)] = str(target)
+
+
+def fitter_of(kind: str):
+    """The fit function of a head kind; a :class:`ValueError` listing the kinds otherwise."""
+    if kind not in _FITTERS:
+        raise ValueError(f"Unknown head {kind!r}: use one of {', '.join(_FITTERS)}.")
+    module, name = _FITTERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def gather_labelled_tiles(
+    samples,
+    *,
+    extractor,
+    head=None,
+    class_ids: list[int] | None = None,
+    class_names: list[str] | None = None,
+    class_colors: list[str] | None = None,
+    unlabelled: int | None = None,
+    cache: FeatureCache | None = None,
+    feature_batch_size: int = 4,
+) -> Work[LabelledTiles]:
+    """The tiles holding labelled pixels, their labels on the analysis grid, and their features.
+
+    Parameters are those of :func:`train_head`; with ``head``, its classes and µm/px are used.
+    Yields ``Progress("features", ...)`` per batch of tiles.
+    """
     samples = [_as_sample(s, i) for i, s in enumerate(samples)]
     if not samples:
         raise ValueError("No training samples: give at least one image with its mask.")
-    fine_tune = head is not None
     if head is not None:
         head.check_compatible(extractor)
-        head = copy.deepcopy(head)
         classes = head.class_ids
         if unlabelled is not None and int(unlabelled) in classes:
             raise ValueError(f"The unlabelled value {unlabelled} is one of the head's classes {classes}.")
@@ -209,54 +306,109 @@ def train_head(
     encoder = _LabelEncoder(classes, unlabelled, head)
     target_mpp = head.config.mpp if head is not None else _analysis_mpp(samples, extractor)
 
-    # --- labels on the analysis grid, and the tiles that hold labelled pixels ------------------
-    jobs = []  # (slide, level, grid, [(tile, label array over tile.outer)], sample weight)
-    for s in samples:
-        if not (np.isfinite(s.weight) and s.weight >= 0):
-            raise ValueError(f"Weight of {s.name} must be a number >= 0, got {s.weight}.")
-        slide = as_slide(s.source, mpp=s.mpp)
-        region = whole_level(slide, 0) if s.region is None else s.region
-        mask = np.asarray(s.mask)
-        if mask.shape != region.shape:
-            raise ValueError(
-                f"Mask of {s.name} is {mask.shape[0]}x{mask.shape[1]} but its region is "
-                f"{region.height}x{region.width}: they must be the same size."
-            )
-        encoded = encoder(mask, s.name)
-        grid = make_grid(extractor, analysis_scale(source_mpp(slide, region.level, s.mpp), target_mpp))
-        box = grid.analysis_box(region)
-        labels = grid.labels_to_analysis(encoded, region, box, fill=-1) if grid.resampled else encoded
-        tiles = []
-        for tile in grid.tiles(box):
-            part = tile.core.intersect(box)
-            core = labels[part.slices_in(box)]
-            if (core >= 0).any():
-                outer = np.full((grid.outer_size, grid.outer_size), -1, dtype=np.int8)
-                outer[part.slices_in(tile.outer)] = core
-                tiles.append((tile, outer))
-        jobs.append((slide, region.level, grid, tiles, float(s.weight)))
+    # 1. labels on the analysis grid, and the tiles that hold labelled pixels
+    jobs = []  # (slide, level, grid, [(tile, label array over tile.outer)], sample weight, index)
+    for index, s in enumerate(samples):
+        jobs.append((*_labelled_tiles_of(s, encoder, extractor, target_mpp), index))
     n_tiles = sum(len(job[3]) for job in jobs)
     if n_tiles == 0:
         raise ValueError("No labelled pixels in any mask: paint or label some pixels first.")
 
-    # --- features, once per tile -------------------------------------------------------------
-    feats: list[list[np.ndarray]] = []
-    tile_labels: list[np.ndarray] = []
-    tile_weights: list[float] = []
+    # 2. features, once per tile
+    out = LabelledTiles(extractor, list(classes), class_names, class_colors, target_mpp)
     done = 0
     yield Progress("features", 0, n_tiles, f"{n_tiles} labelled tiles")
-    for slide, level, grid, tiles, weight in jobs:
+    for slide, level, grid, tiles, weight, index in jobs:
         lookup = {(t.row, t.col): lab for t, lab in tiles}
         for batch in iter_tile_features(
             slide, level, grid, [t for t, _ in tiles], extractor, cache=cache, batch_size=feature_batch_size
         ):
             for tile, f in batch:
-                feats.append(f)
-                tile_labels.append(lookup[(tile.row, tile.col)])
-                tile_weights.append(weight)
+                out.feats.append(f)
+                out.labels.append(lookup[(tile.row, tile.col)])
+                out.weights.append(weight)
+                out.sources.append(index)
             done += len(batch)
             yield Progress("features", done, n_tiles, f"{done}/{n_tiles} tiles")
+    return out
 
+
+def _labelled_tiles_of(s: TrainSample, encoder, extractor, target_mpp):
+    """(slide, level, grid, [(tile, outer labels)], weight) of one sample."""
+    if not (np.isfinite(s.weight) and s.weight >= 0):
+        raise ValueError(f"Weight of {s.name} must be a number >= 0, got {s.weight}.")
+    slide = as_slide(s.source, mpp=s.mpp)
+    region = whole_level(slide, 0) if s.region is None else s.region
+    mask = np.asarray(s.mask)
+    if mask.shape != region.shape:
+        raise ValueError(
+            f"Mask of {s.name} is {mask.shape[0]}x{mask.shape[1]} but its region is "
+            f"{region.height}x{region.width}: they must be the same size."
+        )
+    encoded = encoder(mask, s.name)
+    grid = make_grid(extractor, analysis_scale(source_mpp(slide, region.level, s.mpp), target_mpp))
+    box = grid.analysis_box(region)
+    labels = grid.labels_to_analysis(encoded, region, box, fill=-1) if grid.resampled else encoded
+    tiles = []
+    for tile in grid.tiles(box):
+        part = tile.core.intersect(box)
+        core = labels[part.slices_in(box)]
+        if (core >= 0).any():
+            outer = np.full((grid.outer_size, grid.outer_size), -1, dtype=np.int8)
+            outer[part.slices_in(tile.outer)] = core
+            tiles.append((tile, outer))
+    return slide, region.level, grid, tiles, float(s.weight)
+
+
+def fit_fcn(
+    labelled: LabelledTiles,
+    *,
+    head: SegmentationHead | None = None,
+    seed: int = 0,
+    threads: int | None = 1,
+    steps: int | None = None,
+    lr: float = 1e-2,
+    val_fraction: float = 0.1,
+    patience: int = 5,
+    augment: bool = True,
+    batch_size: int = 32,
+    window: int = 32,
+    hidden: int = 16,
+    depth: int = 2,
+    dropout: float = 0.1,
+) -> Work[TrainResult]:
+    """Train (or fine-tune a copy of) an FCN head on labelled tiles; yields one Progress per step.
+
+    Parameters
+    ----------
+    labelled : LabelledTiles
+        From :func:`gather_labelled_tiles`.
+    head : SegmentationHead, optional
+        Fine-tune a copy of this head; its feature normalisation is kept.
+    seed : int
+        Seed of everything random.
+    threads : int or None
+        Torch threads during each optimisation step (``None``: leave as is). The steps are
+        many small operations: one thread is as fast as two on an idle machine and many times
+        faster on a busy one, where threads wait for each other.
+    steps : int, optional
+        Optimisation steps; default from the number of windows (:func:`default_steps`).
+    lr, val_fraction, patience : float, float, int
+        AdamW learning rate; share of windows held out for validation (none when fewer than
+        10 windows); validations without improvement before stopping.
+    augment : bool
+        Random flips and 90° rotations.
+    batch_size, window : int
+        Windows per step and their side in pixels.
+    hidden, depth, dropout : int, int, float
+        Architecture of a new head (see :class:`SegmentationHead`).
+    """
+    fine_tune = head is not None
+    head = copy.deepcopy(head) if head is not None else None
+    extractor, classes, feats = labelled.extractor, labelled.classes, labelled.feats
+    tile_labels, tile_weights = labelled.labels, labelled.weights
+    class_names, class_colors, target_mpp = labelled.class_names, labelled.class_colors, labelled.mpp
+    rng = np.random.default_rng(seed)
     # --- windows around labelled pixels, split, head -------------------------------------------
     trunk = int(min(extractor.strides))
     margin = (depth if head is None else int(head.config.depth)) + (1 if trunk > 1 else 0)
@@ -264,7 +416,6 @@ def train_head(
     windows, win_labels, side = _windows(tile_labels, outer=outer, window=window, margin=margin, trunk=trunk)
     win_weights = np.array([tile_weights[w.tile] for w in windows], dtype=np.float32)
     plain = np.flatnonzero(win_weights == 1.0)  # only these may validate
-    rng = np.random.default_rng(seed)
     n_val = int(round(len(plain) * val_fraction)) if len(plain) >= 10 and val_fraction > 0 else 0
     order = plain[rng.permutation(len(plain))]
     val_idx = np.sort(order[:n_val])

@@ -51,3 +51,12 @@ register_extractor("diffusion", _diffusion, uses_backbone=True,
 register_extractor("classic", lambda settings, device: ClassicFeatures(**settings),
                    summary="filter bank: Gaussian, gradient, Hessian at sigma 1-16 (ilastik, QuPath)")
 register_extractor("rgb", lambda settings, device: RGBFeatures(**settings), summary="the pixels")
+
+
+def _cnn(settings, device):
+    from .. import cnn_features
+
+    return cnn_features.build(settings, device)
+
+
+register_extractor("cnn", _cnn, summary="early stages of an ImageNet CNN (EfficientNet-Lite0; convpaint's kind)")

@@ -106,13 +106,16 @@ class HeadMixin:
 
         return torch.device("cpu")
 
-    def predict_proba(self, maps):
+    def predict_proba(self, maps, *, margin: int = 0):
         """Class probabilities ``(B, K, H, W)`` (float32 torch tensor) from feature maps.
 
         Parameters
         ----------
         maps : list of torch.Tensor
             One tensor ``(B, C_i, H / s_i, W / s_i)`` per feature map, as the extractor gives them.
+        margin : int
+            Pixels on every side whose probabilities are not needed (a tile's halo): a head
+            may leave them at zero to save time.
         """
         raise NotImplementedError
 

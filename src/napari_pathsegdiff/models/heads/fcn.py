@@ -156,8 +156,8 @@ class SegmentationHead(HeadMixin, ModelMixin, ConfigMixin):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def predict_proba(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Softmax of :meth:`forward`: ``(B, K, H, W)`` float32 probabilities."""
+    def predict_proba(self, maps: list[torch.Tensor], *, margin: int = 0) -> torch.Tensor:
+        """Softmax of :meth:`forward`: ``(B, K, H, W)`` float32 probabilities (``margin`` unused)."""
         self.eval()
         with torch.inference_mode():
             return torch.softmax(self(maps).float(), dim=1)

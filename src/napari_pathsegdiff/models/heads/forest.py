@@ -204,23 +204,30 @@ class ForestHead(HeadMixin, ConfigMixin):
         return torch.cat([base, *context], dim=1) if context else base
 
     # --- the head interface --------------------------------------------------------------------
-    def predict_proba(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Class probabilities ``(B, K, H, W)``: the trees' mean leaf class fractions."""
+    def predict_proba(self, maps: list[torch.Tensor], *, margin: int = 0) -> torch.Tensor:
+        """Class probabilities ``(B, K, H, W)``: the trees' mean leaf class fractions.
+
+        ``margin`` pixels on every side (a tile's halo) are not classified and hold zeros;
+        their features still give context to the pixels inside.
+        """
         if not self.fitted:
             raise HeadError("This forest head is not trained: train it before predicting.")
         with torch.inference_mode():
             x = self.pixel_features([m.cpu() for m in maps])
-            p = int(self.config.predict_stride)
             b, d, h, w = x.shape
+            m = int(margin) if 0 < 2 * int(margin) < min(h, w) else 0
+            x = x[:, :, m : h - m, m : w - m]
+            p = int(self.config.predict_stride)
             if p > 1:
                 x = F.avg_pool2d(x, p, ceil_mode=True)
             hh, ww = x.shape[-2:]
             flat = x.permute(0, 2, 3, 1).reshape(-1, d).numpy()
-            probs = self.predict_vectors(flat)
-            out = torch.from_numpy(probs).reshape(b, hh, ww, -1).permute(0, 3, 1, 2)
+            probs = torch.from_numpy(self.predict_vectors(flat)).reshape(b, hh, ww, -1).permute(0, 3, 1, 2)
             if p > 1:
-                out = F.interpolate(out, scale_factor=p, mode="bilinear", align_corners=False)[:, :, :h, :w]
-            return out.contiguous()
+                probs = F.interpolate(probs, scale_factor=p, mode="bilinear", align_corners=False)
+            out = torch.zeros((b, probs.shape[1], h, w), dtype=torch.float32)
+            out[:, :, m : h - m, m : w - m] = probs[:, :, : h - 2 * m, : w - 2 * m]
+            return out
 
     def predict_vectors(self, x: np.ndarray, *, threads: int = 2) -> np.ndarray:
         """Mean class fractions of the trees for vectors ``(N, n_features)``: ``(N, K)`` float32."""
@@ -233,7 +240,7 @@ class ForestHead(HeadMixin, ConfigMixin):
         def run(chunk):
             total = np.zeros((len(x), k), np.float64)
             for tree in chunk:
-                total += tree.predict(x)[:, 0, :]
+                total += tree.predict(x).reshape(len(x), k)
             return total
 
         chunks = [trees[i::threads] for i in range(max(1, min(threads, len(trees))))]

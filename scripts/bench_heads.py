@@ -1,0 +1,252 @@
+"""Benchmark of features x heads (x test-time augmentation, ensembles) on the validation splits.
+
+Usage::
+
+    python scripts/bench_heads.py [--datasets glas gleason monuseg miccai2015]
+                                  [--candidates NAME ...] [--subsets 1 3 all]
+                                  [--out benchmarks/heads.md] [--state FILE.json] [--quick]
+
+Every candidate is a feature kind (``--features``), a head kind (``--head``) with its settings,
+and prediction options (``tta``: dihedral test-time augmentation; ``seeds``: an ensemble of
+heads trained with several seeds whose probabilities are averaged). On the fixed splits of
+``core.splits`` (GlaS 7/3, Gleason 3/2, MoNuSeg 24/6, MICCAI 2015 10/5), heads are trained on
+1, 3 and all training images (nested subsets, as ``bench_backbone.py``) and scored on the
+validation images: Dice per class, mean Dice and mIoU with pixels pooled over the validation
+images (background left out of the means), the head's training time (features excluded: they
+are gathered once per feature kind and subset and shared by every head) and the head's predict
+time per megapixel from cached features.
+
+``ilastik`` is the peers' baseline: the filter bank (Gaussian, gradient, Hessian at sigma 1-16)
+with a random forest of 100 trees grown to purity, as ilastik, QuPath and napari-apoc do.
+
+Results go to ``--state`` (JSON) after every head, so a killed run resumes where it stopped;
+the Markdown table is printed and written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+STATE = Path.home() / ".cache" / "napari-pathsegdiff" / "bench_heads.json"
+
+
+def _bench_backbone():
+    spec = importlib.util.spec_from_file_location("bench_backbone", ROOT / "scripts" / "bench_backbone.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_backbone"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+BB = _bench_backbone()
+
+#: The ilastik-style forest: 100 trees grown to purity on the filter bank.
+ILASTIK = {"algorithm": "random_forest", "n_estimators": 100, "max_depth": 64, "min_samples_leaf": 1,
+           "context_sigmas": []}
+
+#: name -> (features, head, fit settings, prediction options)
+CANDIDATES = {
+    "ilastik": ("classic", "forest", ILASTIK, {}),
+    "classic/fcn": ("classic", "fcn", {}, {}),
+    "classic/forest": ("classic", "forest", {}, {}),
+    "diffusion/fcn": ("diffusion", "fcn", {}, {}),
+    "diffusion/forest": ("diffusion", "forest", {}, {}),
+    "diffusion+classic/fcn": ("diffusion+classic", "fcn", {}, {}),
+    "diffusion+classic/forest": ("diffusion+classic", "forest", {}, {}),
+    "diffusion+classic/forest ctx": ("diffusion+classic", "forest", {"context_sigmas": [4.0, 16.0]}, {}),
+    "diffusion+classic/forest s2": ("diffusion+classic", "forest", {"predict_stride": 2}, {}),
+    "cnn/fcn": ("cnn", "fcn", {}, {}),
+    "cnn/forest": ("cnn", "forest", {}, {}),
+    "cnn+classic/forest": ("cnn+classic", "forest", {}, {}),
+    "diffusion+classic/fcn tta8": ("diffusion+classic", "fcn", {}, {"tta": 8}),
+    "diffusion+classic/forest tta8": ("diffusion+classic", "forest", {}, {"tta": 8}),
+    "diffusion+classic/fcn x3": ("diffusion+classic", "fcn", {}, {"seeds": 3}),
+    "classic/fcn x3": ("classic", "fcn", {}, {"seeds": 3}),
+}
+MAIN = tuple(k for k in CANDIDATES if "tta" not in k and "x3" not in k)
+
+
+def candidate_groups(names):
+    """Candidates grouped by feature kind, in first-seen order: ``{features: [name, ...]}``."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(CANDIDATES[name][0], []).append(name)
+    return groups
+
+
+def fit(labelled, head_kind: str, settings: dict, *, seeds: int):
+    """Heads (one per seed) fitted on gathered tiles, and the mean fit time in seconds."""
+    from napari_pathsegdiff.core.progress import drive
+    from napari_pathsegdiff.engine.train_head import fit_head
+
+    heads, seconds = [], []
+    for seed in range(seeds):
+        t0 = time.perf_counter()
+        result = drive(fit_head(labelled, kind=head_kind, seed=seed, threads=2 if head_kind == "forest" else 1,
+                                **settings), show=False)
+        seconds.append(time.perf_counter() - t0)
+        heads.append(result.head)
+    return heads, float(np.mean(seconds))
+
+
+def predict(item, heads, extractor, *, cache, mpp, tta: int):
+    """Labels of one validation item (probabilities averaged over the heads) and the seconds."""
+    from napari_pathsegdiff.core.progress import drive
+    from napari_pathsegdiff.engine.predict import predict_region
+
+    t0 = time.perf_counter()
+    total = None
+    for head in heads:
+        pred = drive(predict_region(item.slide, head=head, extractor=extractor, cache=cache, mpp=mpp,
+                                    return_probabilities=len(heads) > 1, tta=tta), show=False)
+        if len(heads) == 1:
+            return pred.labels, time.perf_counter() - t0
+        p = pred.probabilities.astype(np.float32)
+        total = p if total is None else total + p
+    return heads[0].decode_indices(total.argmax(0)), time.perf_counter() - t0
+
+
+def run_feature(spec, features: str, names: list[str], train, val, *, subsets, state, save, log):
+    """Every candidate of one feature kind on one dataset, for every subset."""
+    from napari_pathsegdiff.core.feature_cache import FeatureCache
+    from napari_pathsegdiff.core.metrics import evaluate
+    from napari_pathsegdiff.core.progress import drive
+    from napari_pathsegdiff.engine.train_head import TrainSample, gather_labelled_tiles
+    from napari_pathsegdiff.models.features import make_extractor
+
+    todo = [(n, k) for k in subsets for n in names if k not in state.get(n, {}).get(spec.key, {})]
+    if not todo:
+        return
+    extractor = make_extractor(features)
+    cache = FeatureCache(6 * 2**30)
+    by_name = {it.name: it for it in train}
+    members_of = BB.label_subsets(by_name)
+    classes = sorted({int(c) for it in train for c in np.unique(it.mask)})
+    class_names = [spec.class_names.get(c, f"class {c}") for c in classes]
+    val_mp = sum(it.mask.size for it in val) / 1e6
+    for key in subsets:
+        pending = [n for n, k in todo if k == key]
+        if not pending:
+            continue
+        samples = [TrainSample(by_name[n].slide, by_name[n].mask, name=n, mpp=spec.mpp) for n in members_of[key]]
+        t0 = time.perf_counter()
+        labelled = drive(gather_labelled_tiles(samples, extractor=extractor, class_ids=classes,
+                                               class_names=class_names, cache=cache), show=False)
+        gather_s = time.perf_counter() - t0
+        for name in pending:
+            _, head_kind, settings, options = CANDIDATES[name]
+            heads, fit_s = fit(labelled, head_kind, settings, seeds=int(options.get("seeds", 1)))
+            triples, predict_s = [], 0.0
+            for it in val:
+                if options.get("tta", 1) == 1 and len(heads) == 1:  # warm the cache: time the head alone
+                    predict(it, heads, extractor, cache=cache, mpp=spec.mpp, tta=1)
+                labels, s = predict(it, heads, extractor, cache=cache, mpp=spec.mpp, tta=int(options.get("tta", 1)))
+                predict_s += s
+                triples.append((it.name, labels, it.mask))
+            scores = evaluate(triples)
+            entry = {
+                "train_images": members_of[key], "features_s": round(gather_s, 1), "fit_s": round(fit_s, 2),
+                "predict_s_per_mp": round(predict_s / val_mp, 3),
+                "predict_note": "from cached features" if options.get("tta", 1) == 1 else "with TTA features",
+                **{k: scores[k] for k in ("mean_dice", "mean_iou", "classes_in_mean", "mean_dice_per_image")},
+                "per_class": {int(c): {"dice": v["dice"], "iou": v["iou"]} for c, v in scores["per_class"].items()},
+            }
+            state.setdefault(name, {}).setdefault(spec.key, {})[key] = entry
+            save()
+            log(f"  {spec.key:10s} {key:>3s} img  {name:32s} dice {_f(entry['mean_dice'])}  "
+                f"fit {entry['fit_s']:.1f} s  predict {entry['predict_s_per_mp']:.2f} s/MP")
+        del labelled
+
+
+def _f(x) -> str:
+    return "  –  " if x is None else f"{x:.3f}"
+
+
+def markdown(state: dict, *, datasets, names) -> str:
+    """One table: per dataset, mean Dice on all / 3 / 1 images, mIoU, fit s and predict s/MP."""
+    header = ["candidate (features / head)"]
+    for d in datasets:
+        t = BB.DATASETS[d].title
+        header += [f"{t} mean Dice all / 3 / 1 img", f"{t} Dice per class (all)", f"{t} mIoU",
+                   f"{t} fit s", f"{t} predict s/MP"]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    best = {d: max((state.get(n, {}).get(d, {}).get("all", {}).get("mean_dice") or -1 for n in names), default=-1)
+            for d in datasets}
+    for n in names:
+        row = [n]
+        for d in datasets:
+            e = state.get(n, {}).get(d, {})
+            a = e.get("all", {})
+            mean = a.get("mean_dice")
+            cell = " / ".join(_f(e.get(k, {}).get("mean_dice")).strip() for k in ("all", "3", "1"))
+            if mean is not None and mean == best[d]:
+                cell = "**" + cell.split(" / ", 1)[0] + "**" + (" / " + cell.split(" / ", 1)[1] if " / " in cell else "")
+            spec = BB.DATASETS[d]
+            per = a.get("per_class") or {}
+            classes = a.get("classes_in_mean") or []
+            per_text = " ".join(f"{spec.class_names.get(int(c), c)} {_f((per.get(str(c)) or per.get(c) or {}).get('dice')).strip()}"
+                                for c in classes) if len(classes) > 1 else "–"
+            row += [cell, per_text, _f(a.get("mean_iou")).strip(),
+                    "–" if "fit_s" not in a else f"{a['fit_s']:.1f}",
+                    "–" if "predict_s_per_mp" not in a else f"{a['predict_s_per_mp']:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--datasets", nargs="+", default=["glas", "gleason", "monuseg", "miccai2015"],
+                        choices=list(BB.DATASETS))
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--subsets", nargs="+", default=["all", "3", "1"], choices=["1", "3", "all"])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "heads.md")
+    parser.add_argument("--state", type=Path, default=STATE)
+    parser.add_argument("--quick", action="store_true", help="GlaS only, 2 training and 1 validation image")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    state = json.loads(args.state.read_text()) if args.state.is_file() else {}
+
+    def save():
+        args.state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, args.state)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    datasets = ["glas"] if args.quick else args.datasets
+    for d in datasets:
+        spec = BB.DATASETS[d]
+        train, val = BB.load_dataset(args.data, spec, max_train=2 if args.quick else None,
+                                     max_val=1 if args.quick else None)
+        log(f"{spec.title}: {len(train)} training, {len(val)} validation images")
+        for features, names in candidate_groups(args.candidates).items():
+            run_feature(spec, features, names, train, val, subsets=args.subsets, state=state, save=save, log=log)
+    table = markdown(state, datasets=datasets, names=args.candidates)
+    head = (f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores, "
+            f"`python scripts/bench_heads.py{' --quick' if args.quick else ''}`.\n\n")
+    text = head + table + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(BB.public_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
