@@ -4,12 +4,19 @@ Long work in this project is a generator: it yields :class:`Progress` records be
 steps and can be stopped by simply not asking for the next one (``gen.close()``). The command
 line drives it with a tqdm bar (:func:`drive`); a napari widget wraps the same generator in
 ``thread_worker``. The generator's ``return`` value is the result.
+
+Bars are for terminals. When the output is a file or a pipe (a batch job's log), a bar's
+carriage-return redraws would pile up into megabytes of one line, so :func:`drive` writes
+:class:`PeriodicLines` instead: one plain line when a stage starts, at most one every
+:data:`LINE_EVERY` seconds while it runs, and one when it ends.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, TypeVar
+from typing import IO, Any, Callable, Generator, TypeVar
 
 T = TypeVar("T")
 
@@ -39,6 +46,84 @@ class Progress:
 
 Work = Generator[Progress, None, T]
 
+LINE_EVERY = 30.0
+"""Seconds between two progress lines written to a file or a pipe."""
+
+
+def is_terminal(stream: IO | None = None) -> bool:
+    """Whether ``stream`` (default ``sys.stderr``) is an interactive terminal."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class PeriodicLines:
+    """Progress records as plain lines for logs: at a stage's start and end, and at most one
+    every ``every`` seconds in between.
+
+    Parameters
+    ----------
+    stream : file-like, optional
+        Where lines go (default ``sys.stderr``).
+    every : float
+        Seconds between two lines of one stage.
+    clock : callable
+        Monotonic seconds (a parameter for tests).
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> lines = PeriodicLines(out, every=60)
+    >>> for done in range(4):
+    ...     lines.update(Progress("train", done, 3, metrics={"loss": 0.5}))
+    >>> print(out.getvalue(), end="")
+    train: 0/3 (0%) loss=0.5
+    train: 3/3 (100%) loss=0.5
+    """
+
+    def __init__(self, stream: IO | None = None, *, every: float = LINE_EVERY,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stream = stream
+        self.every = float(every)
+        self.clock = clock
+        self._stage: str | None = None
+        self._last = float("-inf")
+        self._pending: Progress | None = None
+
+    def update(self, rec: Progress) -> None:
+        """Write ``rec`` as a line if a stage starts or ends, or ``every`` seconds passed."""
+        now = self.clock()
+        new_stage = rec.stage != self._stage
+        if new_stage and self._pending is not None:
+            self._write(self._pending)  # how far the previous stage got
+        finished = rec.total > 0 and rec.done >= rec.total
+        if new_stage or finished or now - self._last >= self.every:
+            self._write(rec)
+            self._last = now
+            self._pending = None
+        else:
+            self._pending = rec
+        self._stage = rec.stage
+
+    def close(self) -> None:
+        """Write the last record not yet written (a stage that stopped before its end)."""
+        if self._pending is not None:
+            self._write(self._pending)
+            self._pending = None
+
+    def _write(self, rec: Progress) -> None:
+        parts = [f"{rec.stage}: {rec.done}/{rec.total}" if rec.total else f"{rec.stage}: {rec.done}"]
+        if rec.total:
+            parts.append(f"({100 * rec.done // rec.total}%)")
+        if rec.message:
+            parts.append(rec.message)
+        parts += [f"{k}={v:.4g}" for k, v in rec.metrics.items()]
+        stream = sys.stderr if self.stream is None else self.stream
+        print(" ".join(parts), file=stream, flush=True)
+
 
 def drive(
     work: "Work[T]",
@@ -48,8 +133,17 @@ def drive(
 ) -> T:
     """Run a progress generator to the end and return its result.
 
-    Shows one tqdm bar per stage when ``show`` is true; ``callback`` sees every record.
+    When ``show`` is true, shows one tqdm bar per stage on a terminal, and
+    :class:`PeriodicLines` when ``sys.stderr`` is a file or a pipe; ``callback`` sees every
+    record.
     """
+    if show and not is_terminal():
+        lines = PeriodicLines()
+        callback = _both(callback, lines.update)
+        try:
+            return drive(work, show=False, callback=callback)
+        finally:
+            lines.close()
     bar = None
     stage = None
     try:
@@ -78,3 +172,14 @@ def drive(
         if bar is not None:
             bar.close()
         work.close()
+
+
+def _both(first: Callable[[Progress], Any] | None, second: Callable[[Progress], Any]):
+    if first is None:
+        return second
+
+    def call(rec: Progress) -> None:
+        first(rec)
+        second(rec)
+
+    return call

@@ -13,7 +13,8 @@ layout changes the speed, never the result; a threads run gives this process's t
 count back when it ends.
 
 With a cluster the progress is distributed's text bar, and the dashboard link is printed when
-the scheduler serves one.
+the scheduler serves one. When the output is not a terminal (a batch job's log), progress is
+a plain line now and then instead of a bar (:class:`~napari_pathsegdiff.core.progress.PeriodicLines`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import dask
+from dask.callbacks import Callback
+
+from ..core.progress import PeriodicLines, Progress, is_terminal
 
 
 class BlockRunner:
@@ -136,11 +140,13 @@ class BlockRunner:
                 return list(dask.compute(*tasks, scheduler=pool))
         futures = self.client.compute(tasks)
         try:
-            if self.show_progress:
+            if self.show_progress and is_terminal(sys.stdout):
                 from distributed import progress
 
                 with self.client.as_current():
                     progress(futures)
+            elif self.show_progress:
+                _log_as_completed(futures)
             return self.client.gather(futures)
         finally:
             self.client.cancel(futures)
@@ -160,8 +166,41 @@ def _keep_torch_threads():
 
 
 def _progress_bar(show: bool):
+    """dask's bar on a terminal, periodic lines otherwise, nothing when not ``show``."""
     if not show:
         return contextlib.nullcontext()
+    if not is_terminal(sys.stdout):
+        return _TaskLines()
     from dask.diagnostics import ProgressBar
 
     return ProgressBar()
+
+
+class _TaskLines(Callback):
+    """dask callback: tasks done as :class:`PeriodicLines` (for logs, not terminals)."""
+
+    def __init__(self):
+        super().__init__()
+        self._lines = PeriodicLines(sys.stdout)
+        self._done = self._total = 0
+
+    def _start_state(self, dsk, state):
+        self._done, self._total = 0, len(state["ready"]) + len(state["waiting"])
+        self._lines.update(Progress("blocks", 0, self._total))
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self._done += 1
+        self._lines.update(Progress("blocks", self._done, self._total))
+
+    def _finish(self, dsk, state, errored):
+        self._lines.close()
+
+
+def _log_as_completed(futures) -> None:
+    from distributed import as_completed
+
+    lines = PeriodicLines(sys.stdout)
+    lines.update(Progress("blocks", 0, len(futures)))
+    for done, _ in enumerate(as_completed(futures), start=1):
+        lines.update(Progress("blocks", done, len(futures)))
+    lines.close()
