@@ -177,11 +177,40 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     return path
 
 
+_SIGNATURES = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+               b"II+\x00": "TIFF", b"MM\x00+": "TIFF"}
+_KIND_OF_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _content_kind(path: Path) -> str | None:
+    """"PNG", "JPEG" or "TIFF" from the first bytes of ``path``; None for anything else."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    return next((kind for sig, kind in _SIGNATURES.items() if head.startswith(sig)), None)
+
+
+def _unreadable(path: Path, exc: Exception) -> ImageError:
+    """Why a decoder failed on ``path``, in words: misnamed, damaged, or not an image."""
+    kind, named = _content_kind(path), _KIND_OF_SUFFIX[path.suffix.lower()]
+    if kind is not None and kind != named:
+        return ImageError(
+            f"{path} is a {kind} image named {path.suffix}: rename it with the suffix of its "
+            f"format (.{kind.lower()})."
+        )
+    if kind is None:
+        return ImageError(f"{path} is not a {named} image (its first bytes are not a {named} "
+                          f"signature): it is another kind of file, or damaged ({exc}).")
+    return ImageError(f"Cannot read {path}: the {kind} file is damaged or truncated ({exc}); "
+                      "copy it again from its source.")
+
+
 def _read_array(path: Path, *, mask: bool = False, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{'Mask' if mask else 'Image'} file {path} does not exist.")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ImageError(f"{path}: unsupported file type; use PNG, JPEG or TIFF.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path} is empty (0 bytes): it holds no image. Copy it again from its source.")
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
             return _read_tiff(path, max_pixels)
@@ -196,7 +225,7 @@ def _read_array(path: Path, *, mask: bool = False, max_pixels: int = MAX_IMAGE_P
     except (ImageError, FileNotFoundError):
         raise
     except Exception as exc:  # decoders raise many types; name the file in one message
-        raise ImageError(f"Cannot read {path}: {exc}") from exc
+        raise _unreadable(path, exc) from exc
 
 
 def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
