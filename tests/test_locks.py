@@ -211,3 +211,17 @@ def test_retire_keeps_the_head_as_previous_and_leaves_no_leftovers(tmp_path):
     assert not (folder / HEAD).exists()
     assert (folder / PREVIOUS_HEAD / "config.json").read_text() == '{"v": 1}'
     assert sorted(p.name for p in folder.iterdir()) == [PREVIOUS_HEAD]
+
+
+def test_a_session_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    from napari_pathsegdiff.engine.session_folder import lock_session_folder
+
+    def read_only(path, flags, mode=0o777):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    folder = tmp_path / "share" / "slide.svs.pathsegdiff"
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(locks.os, "open", read_only)  # a read-only share (root ignores chmod)
+    with pytest.raises(PermissionError, match=f"session folder {folder} cannot be written "
+                                              r"\(Permission denied\)"):
+        lock_session_folder(folder)

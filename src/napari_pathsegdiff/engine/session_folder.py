@@ -165,10 +165,17 @@ def lock_session_folder(folder: str | Path) -> FolderLock:
     ------
     FolderInUse
         Another process has the folder open; the message names it and says what to do.
+    PermissionError
+        The folder cannot be written (a read-only share): no session can keep edits there.
     """
     lock = FolderLock(folder, SESSION_LOCK, purpose="an annotation session", shared_in_process=True)
     try:
         return lock.acquire()
+    except PermissionError as exc:
+        raise PermissionError(
+            f"The session folder {Path(folder)} cannot be written ({exc.strerror}): edits could "
+            "not be kept there. Pick a session folder you can write."
+        ) from exc
     except FolderInUse as exc:
         raise FolderInUse(
             f"The session folder {Path(folder)} is open in "
