@@ -319,3 +319,16 @@ def test_real_svs_associated_images_are_not_the_slide(shared_data):
         assert slide.metadata["series"] == "Baseline"
         assert slide.metadata["vendor"] == "aperio"
         assert slide.metadata["mpp_source"] == "aperio MPP"
+
+
+def test_a_damaged_file_gives_one_message_and_no_tifffile_log(tmp_path, caplog):
+    data = sample_slide_path().read_bytes()
+    path = tmp_path / "cut.svs"
+    path.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(SlideError, match=r"cut\.svs: no image directory can be read"):
+            open_slide(path)
+    assert [r for r in caplog.records if r.name.startswith("tifffile")] == []
+    with caplog.at_level("DEBUG"), tifffile.TiffFile(path) as tif:  # what the silence hides
+        assert not tif.series
+    assert any("invalid offset" in r.getMessage() for r in caplog.records if r.name == "tifffile")
