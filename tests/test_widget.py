@@ -168,9 +168,13 @@ def test_paint_strokes_then_train_predicts_the_painted_classes(make_napari_viewe
 
     outcome = _train(qtbot, widget)
     assert outcome is not None and outcome.new_head and set(outcome.painted) == {1, 2, 3}
-    assert "New head trained" in widget.train_section.status.text()
-    assert widget.train_section.loss.text().startswith("loss: ")
-    assert (session.folder / HEAD / WEIGHTS_FILE).is_file()
+    status = widget.train_section.status.text()
+    assert "New head trained" in status
+    # auto chose the features and the head by cross-validation over the painted tiles, in one line
+    assert ("auto chose" in status or "auto fell back" in status) and outcome.note in status
+    assert outcome.result.head.head_kind in ("fcn", "forest")
+    weights = WEIGHTS_FILE if outcome.result.head.head_kind == "fcn" else "forest.safetensors"
+    assert (session.folder / HEAD / weights).is_file()
     assert LabelStore.open(session.folder / LABELS).painted_pixel_count() == on_disk.painted_pixel_count()
     # the view is segmented again after training: the painted classes are predicted there
     qtbot.waitUntil(lambda: controller.layers.window is not window, timeout=WAIT_MS)

@@ -442,7 +442,7 @@ class AnnotationController(QObject):
                 from ..engine.session_synthesis import synthetic_samples
 
                 synthetic = synthetic_samples(session)
-            return session.train_on_edits(steps=steps, synthetic=synthetic)
+            return session.train_on_edits(steps=steps, synthetic=synthetic, auto=True)
 
         outcomes = []
 
@@ -450,13 +450,16 @@ class AnnotationController(QObject):
             outcomes.append(outcome)
             self.head_changed.emit()
             self.classes_changed.emit()
-            last = outcome.result.history[-1]["loss"] if outcome.result.history else float("nan")
             what = "New head trained" if outcome.new_head else "Head fine-tuned"
             extra = f" and {outcome.synthetic} generated tiles" if outcome.synthetic else ""
+            if outcome.result.history:
+                how = f"{outcome.result.steps} steps, last loss {outcome.result.history[-1]['loss']:.3f}"
+            else:
+                how = f"{outcome.result.head.head_kind} head"
             self.message.emit(
                 "train",
                 f"{what} on {sum(outcome.painted.values())} painted px{extra} in {outcome.seconds:.1f} s "
-                f"({outcome.result.steps} steps, last loss {last:.3f}); saved to {outcome.head_folder}.",
+                f"({how}); saved to {outcome.head_folder}." + (f"\n{outcome.note}." if outcome.note else ""),
             )
             if session is self.session:
                 if self.layers.window is not None:

@@ -126,6 +126,8 @@ class TrainOutcome:
         Wall time, features included.
     synthetic : int
         Generated pairs trained on besides the edits.
+    note : str
+        What ``auto`` chose (features and head, cross-validated score), or why it fell back.
     """
 
     result: object
@@ -135,6 +137,7 @@ class TrainOutcome:
     windows: int
     seconds: float = 0.0
     synthetic: int = 0
+    note: str = ""
 
 
 def store_ids_for(head_ids: Sequence[int]) -> list[int]:
@@ -483,6 +486,8 @@ class AnnotationSession:
         batch_size: int = 32,
         feature_batch_size: int = 4,
         synthetic: Sequence = (),
+        auto: bool = False,
+        budget_s: float | None = None,
     ) -> Work[TrainOutcome]:
         """Train the head on every pixel painted on the slide, then save it; a generator.
 
@@ -501,6 +506,14 @@ class AnnotationSession:
         synthetic : sequence of TrainSample
             Generated pairs (masks of store ids, 0 not labelled, usually of weight below 1) to
             train on as well; their classes count as painted ones for choosing the classes.
+        auto : bool
+            For a new head, choose the features (the session's, alone or stacked with the
+            filter bank) and the head kind by cross-validation over the painted tiles
+            (:func:`~napari_pathsegdiff.engine.auto_select.auto_train`); the session then uses
+            the chosen features. A fine-tune keeps the head's kind and features.
+        budget_s : float, optional
+            Seconds for ``auto``'s scoring (default
+            :data:`~napari_pathsegdiff.engine.auto_select.WIDGET_BUDGET_S`).
 
         Raises
         ------
@@ -563,20 +576,48 @@ class AnnotationSession:
             for (y, x, h, w), m in zip(windows, masks)
         ]
         samples += [replace(s, mask=lut[np.asarray(s.mask)]) for s in synthetic]
-        result = yield from train_head(
-            samples, extractor=extractor, head=head if fine_tune else None, unlabelled=unlabelled,
-            steps=steps, seed=seed, lr=lr, cache=self.cache, batch_size=batch_size,
-            feature_batch_size=feature_batch_size, **class_kwargs,
-        )
+        note = ""
+        if auto and not fine_tune:
+            chosen = yield from self._auto_train(samples, extractor, unlabelled=unlabelled, seed=seed,
+                                                 budget_s=budget_s, class_kwargs=class_kwargs)
+            result, note, self.extractor = chosen.result, chosen.note, chosen.extractor
+        else:
+            options = {"steps": steps, "lr": lr, "batch_size": batch_size} if head is None or head.head_kind == "fcn" else {}
+            result = yield from train_head(
+                samples, extractor=extractor, head=head if fine_tune else None, unlabelled=unlabelled,
+                seed=seed, cache=self.cache, feature_batch_size=feature_batch_size, **options, **class_kwargs,
+            )
         trained = result.head
         _apply_class_table(trained, table)
         yield Progress("save", 0, 1, "saving the head")
         summary = dict(result.summary(), painted={str(k): v for k, v in painted.items()},
-                       fine_tuned=bool(fine_tune), synthetic=len(synthetic))
+                       fine_tuned=bool(fine_tune), synthetic=len(synthetic), head=trained.head_kind,
+                       features=self.extractor.config(), auto=note or None)
         folder = save_session_head(self.folder, trained, extra={"training.json": summary})
         self.head = trained
         return TrainOutcome(result, folder, not fine_tune, painted, len(windows),
-                            seconds=time.perf_counter() - t0, synthetic=len(synthetic))
+                            seconds=time.perf_counter() - t0, synthetic=len(synthetic), note=note)
+
+    def _auto_train(self, samples, extractor, *, unlabelled, seed, budget_s, class_kwargs):
+        """``auto`` over the session's features, alone and stacked with the filter bank, x head kinds."""
+        from ..models.features import make_extractor
+        from ..models.fused_features import FusedFeatures
+        from .auto_select import WIDGET_BUDGET_S, Candidate, auto_train
+
+        base = extractor.kind
+        stacked = f"{base}+classic" if base not in ("classic", "fused") else None
+        names = [stacked, base] if stacked else [base]
+        candidates = [Candidate(n, h) for n in names for h in ("fcn", "forest")]
+
+        def build(name):
+            parts = [extractor if p == base else make_extractor(p) for p in name.split("+")]
+            return parts[0] if len(parts) == 1 else FusedFeatures(parts)
+
+        return (yield from auto_train(
+            samples, make_extractor=build, candidates=candidates, unlabelled=unlabelled, seed=seed,
+            budget_s=WIDGET_BUDGET_S if budget_s is None else budget_s, cache_for=lambda ex: self.cache,
+            **class_kwargs,
+        ))
 
     # --- suggestions --------------------------------------------------------------------------
     def where_to_label_next(self, *, size: int = 512) -> Suggestion:

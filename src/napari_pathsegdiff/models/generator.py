@@ -34,7 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .guide import GuideEncoder
-from .head import default_class_colors, default_class_names
+from .heads import default_class_colors, default_class_names
 
 from .strict_folder import CONFIG_FILE, WEIGHTS_FILE, load_strict  # noqa: F401 - re-exported
 AGGREGATIONS = ("mean", "attention")
