@@ -428,6 +428,7 @@ def _class_areas(planned, done: dict, classes, level_mpp: float | None) -> list[
 def _prepare_work(folder: Path, slide, level: int, shape, options: BatchOptions, head: _Head):
     """The zarr label array and done-marker folder; fresh unless resuming the same settings."""
     work = folder / WORK
+    recover_folder(work)  # a work folder whose deletion was killed (``.work.trash-*``)
     labels_path, done_dir = work / "labels.zarr", work / "done"
     run = _jsonable({
         "slide": slide.identity, "head": head.identity, "level": level, "shape": list(shape),
