@@ -120,11 +120,11 @@ def filter_bank(
     per_sigma = filters_per_sigma(intensity=intensity, edges=edges, texture=texture)
     sigmas = filter_sigmas(sigma_min, sigma_max, num_sigma)
     out = x.new_empty((b, c, len(sigmas), per_sigma, h, w))
-    # Centred planes keep float32 rounding small in the sums of the smoothing and in the
-    # differences of the derivatives (these ignore the offset); intensity adds it back.
-    offset = x.mean(dim=(-2, -1), keepdim=True)
-    planes = (x - offset).reshape(b * c, h, w)
     with torch.no_grad():
+        # Centred planes keep float32 rounding small in the sums of the smoothing and in the
+        # differences of the derivatives (these ignore the offset); intensity adds it back.
+        offset = x.mean(dim=(-2, -1), keepdim=True)
+        planes = (x - offset).reshape(b * c, h, w)
         for s, sigma in enumerate(sigmas):
             smoothed = gaussian(planes, float(sigma)).reshape(b, c, h, w)
             f = 0
