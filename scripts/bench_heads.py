@@ -76,6 +76,8 @@ CANDIDATES = {
     "classic/fcn x3": ("classic", "fcn", {}, {"seeds": 3}),
 }
 MAIN = tuple(k for k in CANDIDATES if "tta" not in k and "x3" not in k)
+#: The default of ``pathsegdiff train``: features and head chosen by cross-validation.
+AUTO = "auto (default)"
 
 
 def candidate_groups(names):
@@ -174,6 +176,53 @@ def _f(x) -> str:
     return "  –  " if x is None else f"{x:.3f}"
 
 
+def run_auto(spec, train, val, *, subsets, state, save, log, budget_s: float):
+    """``auto`` as ``pathsegdiff train`` runs it: candidates scored on the training images only."""
+    from napari_pathsegdiff.core.feature_cache import FeatureCache
+    from napari_pathsegdiff.core.metrics import evaluate
+    from napari_pathsegdiff.core.progress import drive
+    from napari_pathsegdiff.engine.auto_select import auto_train
+    from napari_pathsegdiff.engine.train_head import TrainSample
+    from napari_pathsegdiff.models.features import make_extractor
+
+    by_name = {it.name: it for it in train}
+    members_of = BB.label_subsets(by_name)
+    classes = sorted({int(c) for it in train for c in np.unique(it.mask)})
+    class_names = [spec.class_names.get(c, f"class {c}") for c in classes]
+    caches: dict[str, FeatureCache] = {}
+    for key in subsets:
+        if key in state.get(AUTO, {}).get(spec.key, {}):
+            continue
+        samples = [TrainSample(by_name[n].slide, by_name[n].mask, name=n, mpp=spec.mpp) for n in members_of[key]]
+        t0 = time.perf_counter()
+        out = drive(auto_train(samples, make_extractor=make_extractor, budget_s=budget_s, class_ids=classes,
+                               class_names=class_names,
+                               cache_for=lambda ex: caches.setdefault(ex.identity, FeatureCache(3 * 2**30))),
+                    show=False)
+        train_s = time.perf_counter() - t0
+        cache = caches.setdefault(out.extractor.identity, FeatureCache(3 * 2**30))
+        triples = [(it.name, predict(it, [out.result.head], out.extractor, cache=cache, mpp=spec.mpp, tta=1)[0], it.mask)
+                   for it in val]
+        scores = evaluate(triples)
+        entry = {"train_images": members_of[key], "auto_s": round(train_s, 1), "auto": out.record(),
+                 **{k: scores[k] for k in ("mean_dice", "mean_iou", "classes_in_mean", "mean_dice_per_image")},
+                 "per_class": {int(c): {"dice": v["dice"], "iou": v["iou"]} for c, v in scores["per_class"].items()}}
+        state.setdefault(AUTO, {}).setdefault(spec.key, {})[key] = entry
+        save()
+        log(f"  {spec.key:10s} {key:>3s} img  {AUTO:32s} dice {_f(entry['mean_dice'])}  {out.note}  ({train_s:.0f} s)")
+
+
+def auto_lines(state: dict, datasets) -> str:
+    """What auto chose per dataset and subset, with its cross-validated scores."""
+    lines = []
+    for d in datasets:
+        for key, e in sorted((state.get(AUTO, {}).get(d) or {}).items()):
+            scored = ", ".join(f"{c['name']} {c['cv_dice']:.3f}" for c in e["auto"]["candidates"] if c["cv_dice"] is not None)
+            lines.append(f"- {BB.DATASETS[d].title}, {key} image(s): {e['auto']['note']}; validation mean Dice "
+                         f"{_f(e['mean_dice']).strip()} ({e['auto_s']:.0f} s in all; CV: {scored or 'none'}).")
+    return "\n".join(lines)
+
+
 def markdown(state: dict, *, datasets, names) -> str:
     """One table: per dataset, mean Dice on all / 3 / 1 images, mIoU, fit s and predict s/MP."""
     header = ["candidate (features / head)"]
@@ -215,6 +264,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "heads.md")
     parser.add_argument("--state", type=Path, default=STATE)
     parser.add_argument("--quick", action="store_true", help="GlaS only, 2 training and 1 validation image")
+    parser.add_argument("--auto", action="store_true", help="also run auto (the default of `pathsegdiff train`)")
+    parser.add_argument("--budget", type=float, default=900.0, help="auto's budget in seconds (default 900)")
     args = parser.parse_args(argv)
     import torch
 
@@ -238,7 +289,12 @@ def main(argv=None) -> int:
         log(f"{spec.title}: {len(train)} training, {len(val)} validation images")
         for features, names in candidate_groups(args.candidates).items():
             run_feature(spec, features, names, train, val, subsets=args.subsets, state=state, save=save, log=log)
-    table = markdown(state, datasets=datasets, names=args.candidates)
+        if args.auto:
+            run_auto(spec, train, val, subsets=args.subsets, state=state, save=save, log=log, budget_s=args.budget)
+    names = list(args.candidates) + ([AUTO] if args.auto else [])
+    table = markdown(state, datasets=datasets, names=names)
+    if args.auto:
+        table += "\n\n" + auto_lines(state, datasets)
     head = (f"Measured {date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} CPU cores, "
             f"`python scripts/bench_heads.py{' --quick' if args.quick else ''}`.\n\n")
     text = head + table + "\n"

@@ -41,7 +41,7 @@ def classic_head(glas, tmp_path_factory):
     images, masks = glas
     out = tmp_path_factory.mktemp("heads") / "classic"
     assert main(["train", "--images", str(images), "--masks", str(masks), "--out", str(out),
-                 "--features", "classic", "--class-names", "background", "gland", *FAST]) == 0
+                 "--features", "classic", "--head", "fcn", "--class-names", "background", "gland", *FAST]) == 0
     return out
 
 

@@ -313,7 +313,7 @@ def test_train_with_synthetic_pairs_adds_weighted_windows(data, generator_folder
     synth = tmp_path / "synth"
     assert main(["generate", "--generator", str(generator_folder), "--layouts", str(data / "masks"), "--style",
                  str(data / "style"), "--n", "4", "--out", str(synth), "--steps", "1", "--device", "cpu"]) == 0
-    common = ["train", "--images", str(data / "images"), "--masks", str(data / "masks"), "--features", "rgb",
+    common = ["train", "--images", str(data / "images"), "--masks", str(data / "masks"), "--features", "rgb", "--head", "fcn",
               "--steps", "3", "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "real")]) == 0
     assert main([*common, "--out", str(tmp_path / "mixed"), "--synthetic", str(synth), "--synthetic-weight", "0.25"]) == 0

@@ -254,3 +254,21 @@ def test_cli_train_forest_then_predict_records_the_head(tmp_path, capsys):
     assert [c["head"] for c in auto["candidates"]] == ["fcn", "forest"]
     assert all(c["cv_dice"] is not None for c in auto["candidates"])
     assert "auto chose rgb /" in capsys.readouterr().out
+
+
+def test_classic_features_equal_scikit_image_to_a_float16_step():
+    """The torch filter bank behind ClassicFeatures gives scikit-image's maps (so heads keep working)."""
+    from skimage.feature import multiscale_basic_features
+
+    from napari_pathsegdiff.models.features import ClassicFeatures
+
+    rng = np.random.default_rng(0)
+    tiles = (rng.random((2, 80, 72, 3)) * 255).astype(np.uint8)
+    got = ClassicFeatures(num_sigma=3, sigma_max=8).extract(tiles)[0]
+    want = np.stack([np.moveaxis(multiscale_basic_features(t.astype(np.float32) / 255, channel_axis=-1,
+                                                           sigma_min=1, sigma_max=8, num_sigma=3), -1, 0)
+                     for t in tiles]).astype(np.float16)
+    assert got.shape == want.shape == (2, 36, 80, 72) and got.dtype == np.float16
+    step = np.spacing(np.maximum(np.abs(got), np.abs(want))).astype(np.float32)  # one float16 step
+    diff = np.abs(got.astype(np.float32) - want.astype(np.float32))
+    assert (diff <= np.maximum(step, 1e-6)).all() and (diff == 0).mean() > 0.9  # 1e-6: near zero

@@ -8,8 +8,6 @@ Adding a head kind is one module plus one :func:`register_head` call.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +109,14 @@ def load_head_and_extractor(folder: str | Path, *, backbone: str | None = None, 
 def save_head(head, folder: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``head`` (and JSON files ``extra``: {file name: object}) to ``folder`` atomically.
 
-    Everything is written to a temporary folder beside it, then swapped in, so an interrupted
-    save never leaves a half-written head. An existing ``folder`` is replaced only when it is
-    empty or a head folder.
+    Everything is written to a temporary folder beside it, then swapped in
+    (:func:`~napari_pathsegdiff.core.atomic.replace_folder`), so an interrupted save never
+    leaves a half-written head, and :func:`~napari_pathsegdiff.core.atomic.recover_folder`
+    repairs a save killed between its two renames. An existing ``folder`` is replaced only
+    when it is empty or a head folder.
     """
+    from ...core.atomic import replace_folder
+
     folder = Path(folder)
     if folder.exists():
         if not folder.is_dir():
@@ -122,19 +124,10 @@ def save_head(head, folder: str | Path, *, extra: dict[str, Any] | None = None) 
         if any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
             raise HeadError(f"{folder} exists and is not a head folder: choose another folder.")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         head.write_folder(tmp)
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=json_default))
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{tmp.name.rsplit('.', 1)[-1]}")
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return replace_folder(folder, write)
