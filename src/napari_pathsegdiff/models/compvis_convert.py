@@ -195,8 +195,11 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, torch
         else:
             data = _safe_load(path)
     except pickle.UnpicklingError as exc:
-        if trust:
-            raise CompVisConversionError(f"Checkpoint {path}: cannot be unpickled ({_one_line(exc)}).") from exc
+        if trust or "Unsupported global" not in str(exc):  # not an object the safe loader refused: bad bytes
+            raise CompVisConversionError(
+                f"Checkpoint {path} cannot be read: it is truncated, damaged or not a PyTorch "
+                f"checkpoint ({_first_sentence(exc)}). Download it again and compare its SHA-256."
+            ) from exc
         raise CompVisConversionError(
             f"Checkpoint {path} holds objects other than tensors (for example Lightning callback "
             f"state), which the safe loader refuses ({_first_sentence(exc)}). If you trust this "
@@ -723,8 +726,11 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
 def _first_sentence(exc: BaseException) -> str:
     """The part of the safe loader's long message that names the refused object."""
     text = " ".join(str(exc).split())
-    i = text.find("Unsupported global:")
-    return text[i:].split(". ")[0][:200] if i >= 0 else text[:200]
+    for marker in ("Unsupported global:", "WeightsUnpickler error:"):
+        i = text.find(marker)
+        if i >= 0:
+            return text[i:].split(". ")[0].split(" Check the documentation")[0][:200].strip()
+    return text[:200]
 
 
 __all__ = [
