@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from .backbone import Backbone, _assemble, load_backbone
-from .ssl_conditioning import ConditioningEmbedder, SSLConditioning, load_ssl_encoder, save_ssl_encoder
+from .ssl_conditioning import ConditioningEmbedder, SSLConditioning, load_ssl_encoder
 
 UNET_PREFIX = "model.diffusion_model."
 VQ_PREFIX = "first_stage_model."
