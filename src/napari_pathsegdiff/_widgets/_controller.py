@@ -85,6 +85,7 @@ class AnnotationController(QObject):
         self.last_train_job: Job | None = None
         self.include_synthetic = False
         self.last_suggestion = None
+        self._after_open: tuple[str, object] | None = None  # (section, action) queued while opening
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
@@ -178,6 +179,7 @@ class AnnotationController(QObject):
 
     def close_session(self) -> None:
         """Stop the session's jobs and remove its layers (everything is already on disk)."""
+        self._after_open = None
         for name in ("open", "segment", "train", "head", "generator", "generate"):
             if name in self.jobs:
                 self.jobs[name].cancel()
@@ -187,13 +189,35 @@ class AnnotationController(QObject):
         self.session_changed.emit()
 
     def _with_session(self, section: str, then) -> None:
-        """Run ``then()`` once the session of the current slide is open (creating it)."""
+        """Run ``then()`` once the session of the current slide is open (creating it).
+
+        While the session is being opened, ``then`` is queued (replacing an earlier queued
+        action: the last click wins) and runs as soon as the session is open; the section says
+        so, and says so again if opening fails.
+        """
         if self.session is not None:
             then()
         elif self.image_layer is None:
             self.message.emit(section, _NO_SLIDE)
-        elif not self.running("open"):
+        elif self.running("open"):
+            self._after_open = (section, then)
+            self.message.emit(section, "Opening the slide's annotations: this runs as soon as they are "
+                                       "open…")
+        else:
             self._open_session(None, then=then)
+
+    def _run_after_open(self) -> None:
+        """Run the action queued while the session was opening (if any)."""
+        queued, self._after_open = self._after_open, None
+        if queued is not None and self.session is not None:
+            queued[1]()
+
+    def _drop_after_open(self, exc: BaseException) -> None:
+        """Opening failed: say that the queued action did not run."""
+        queued, self._after_open = self._after_open, None
+        if queued is not None:
+            self.message.emit(queued[0], "Not run: the slide's annotations could not be opened "
+                                         f"({_describe_error(exc)}).")
 
     def _open_session(self, folder: Path | None, *, then=None, remember: bool = False) -> None:
         layer = self.image_layer
@@ -213,9 +237,10 @@ class AnnotationController(QObject):
             self._session_opened(session, layer)
             if then is not None:
                 then()
+            self._run_after_open()
 
         self._start("open", make, description="Opening the slide's annotations", on_done=done,
-                    section="model")
+                    section="model", on_error=self._drop_after_open)
 
     def _session_opened(self, session, layer) -> None:
         self.session = session
