@@ -567,3 +567,11 @@ def test_ssl_encoder_hub_id_not_in_cache_is_refused(made, tmp_path):
     with pytest.raises(ValueError, match=r"not in the local hub cache; nothing is downloaded"):
         convert_compvis_checkpoint(made["ckpt"], made["cfg"], tmp_path / "bb", ssl_encoder="pathsegdiff-tests/absent-encoder")
     assert not (tmp_path / "bb").exists()
+
+
+def test_widget_notes_the_unconditional_tokens(made):
+    from napari_pathsegdiff._widgets._model_section import _context_note
+    from napari_pathsegdiff.models.backbone import build_random_backbone
+
+    assert _context_note(DiffusionFeatures(load_backbone(made["out"]))) == " · unconditional tokens (no SSL encoder)"
+    assert _context_note(DiffusionFeatures(build_random_backbone("tiny"))) == ""

@@ -102,7 +102,7 @@ class ModelSection(QWidget):
         c = self.controller
         extractor = c.session.extractor if c.session is not None else c.extractor
         if extractor is not None:
-            self.features_label.setText(extractor.identity)
+            self.features_label.setText(extractor.identity + _context_note(extractor))
         else:
             from ..engine.shipped_models import default_backbone_installed
 
@@ -130,6 +130,15 @@ class ModelSection(QWidget):
         if name in ("features", "open", "head"):
             for w in (self.load_features, self.open_button, self.new_button):
                 w.setEnabled(not on)
+
+
+def _context_note(extractor) -> str:
+    """A note when a converted pathology LDM runs without its SSL encoder (unconditional tokens)."""
+    config = extractor.config()
+    parts = config.get("parts", [config])
+    if any(part.get("context") == "ssl-unconditional" for part in parts):
+        return " · unconditional tokens (no SSL encoder)"
+    return ""
 
 
 def _home_short(path) -> str:
