@@ -107,13 +107,16 @@ def _draw_pixels(labelled: LabelledTiles, max_pixels: int, rng: np.random.Genera
 def _pixel_vectors(forest: ForestHead, labelled: LabelledTiles, chosen):
     """Vectors, output indices and weights of the drawn pixels, tile by tile."""
     xs, ys, ws = [], [], []
+    p = int(forest.config.predict_stride)
     for t in sorted(chosen):
-        maps = [torch.from_numpy(np.asarray(m))[None] for m in labelled.feats[t]]
+        maps = [torch.from_numpy(np.array(m))[None] for m in labelled.feats[t]]
         with torch.inference_mode():
-            vec = forest.pixel_features(maps)[0]
+            vec = forest.pixel_features(maps)[0]  # on the classification grid: a pixel takes its cell's vector
+        width = labelled.labels[t].shape[1]
         flat = vec.reshape(vec.shape[0], -1)
         for pixels, k in chosen[t]:
-            xs.append(flat[:, torch.from_numpy(pixels)].T.numpy())
+            cells = (pixels // width // p) * vec.shape[2] + (pixels % width) // p
+            xs.append(flat[:, torch.from_numpy(cells)].T.numpy())
             ys.append(np.full(len(pixels), k, np.int64))
             ws.append(np.full(len(pixels), labelled.weights[t], np.float32))
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys), np.concatenate(ws)

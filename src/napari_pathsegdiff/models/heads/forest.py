@@ -93,12 +93,12 @@ class ForestHead(HeadMixin, ConfigMixin):
         groups: list[int] | None = None,
         components: int = 16,
         reduce_above: int = 64,
-        context_sigmas: list[float] | None = None,
+        context_sigmas: list[float] | None = (4.0, 16.0),
         algorithm: str = "extra_trees",
-        n_estimators: int = 64,
+        n_estimators: int = 32,
         max_depth: int = 16,
         min_samples_leaf: int = 2,
-        predict_stride: int = 1,
+        predict_stride: int = 2,
         seed: int = 0,
     ):
         check_maps(in_channels, strides)
@@ -177,22 +177,28 @@ class ForestHead(HeadMixin, ConfigMixin):
         self.projections_ = projections
 
     def pixel_features(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Per-pixel vectors ``(B, n_features, H, W)`` (float32) from feature maps."""
+        """Vectors ``(B, n_features, H / p, W / p)`` (float32) on the classification grid.
+
+        ``p`` is ``predict_stride``: a cell's vector is its pixels' mean (maps finer than the
+        grid are averaged, coarser ones upsampled bilinearly to the cells' centres), and the
+        context blurs run on that grid.
+        """
         if self.projections_ is None:
             raise HeadError("This forest head has no fitted projections: train it first.")
         strides = [int(s) for s in self.config.strides]
+        p = int(self.config.predict_stride)
         height, width = maps[0].shape[-2] * strides[0], maps[0].shape[-1] * strides[0]
+        size = (-(-height // p), -(-width // p))
         parts = []
         for group, proj in zip(self.map_groups, self.projections_):
-            start = 0
-            total = None
+            start, total = 0, None
             for i in group:
                 x = maps[i].float()
                 c = x.shape[1]
                 if proj is not None:
                     x = torch.einsum("kc,bchw->bkhw", torch.from_numpy(proj[0][:, start : start + c]), x)
                 start += c
-                x = _upsample(x, strides[i], height, width)
+                x = _to_grid(x, strides[i], p, size)
                 if proj is None:
                     parts.append(x)
                 else:
@@ -200,7 +206,7 @@ class ForestHead(HeadMixin, ConfigMixin):
             if proj is not None:
                 parts.append(total + torch.from_numpy(proj[1])[None, :, None, None])
         base = torch.cat(parts, dim=1)
-        context = [_blur(base, float(s)) for s in self.config.context_sigmas or []]
+        context = [_blur(base, float(s) / p) for s in self.config.context_sigmas or []]
         return torch.cat([base, *context], dim=1) if context else base
 
     # --- the head interface --------------------------------------------------------------------
@@ -212,21 +218,24 @@ class ForestHead(HeadMixin, ConfigMixin):
         """
         if not self.fitted:
             raise HeadError("This forest head is not trained: train it before predicting.")
+        p = int(self.config.predict_stride)
+        strides = [int(s) for s in self.config.strides]
+        h, w = maps[0].shape[-2] * strides[0], maps[0].shape[-1] * strides[0]
         with torch.inference_mode():
             x = self.pixel_features([m.cpu() for m in maps])
-            b, d, h, w = x.shape
-            m = int(margin) if 0 < 2 * int(margin) < min(h, w) else 0
-            x = x[:, :, m : h - m, m : w - m]
-            p = int(self.config.predict_stride)
-            if p > 1:
-                x = F.avg_pool2d(x, p, ceil_mode=True)
-            hh, ww = x.shape[-2:]
-            flat = x.permute(0, 2, 3, 1).reshape(-1, d).numpy()
-            probs = torch.from_numpy(self.predict_vectors(flat)).reshape(b, hh, ww, -1).permute(0, 3, 1, 2)
-            if p > 1:
-                probs = F.interpolate(probs, scale_factor=p, mode="bilinear", align_corners=False)
-            out = torch.zeros((b, probs.shape[1], h, w), dtype=torch.float32)
-            out[:, :, m : h - m, m : w - m] = probs[:, :, : h - 2 * m, : w - 2 * m]
+            b, d, gh, gw = x.shape
+            m = int(margin) // p if 0 < 2 * int(margin) < min(h, w) else 0
+            core = x[:, :, m : gh - m, m : gw - m].permute(0, 2, 3, 1)
+            ch, cw = core.shape[1:3]
+            probs = self.predict_vectors(core.reshape(-1, d).numpy(), threads=max(1, torch.get_num_threads()))
+            probs = torch.from_numpy(probs).reshape(b, ch, cw, -1).permute(0, 3, 1, 2)
+            if m:  # the cells around the core give the bilinear upsampling its neighbours
+                probs = F.pad(probs, (1, 1, 1, 1), mode="replicate")
+            up = F.interpolate(probs, scale_factor=p, mode="bilinear", align_corners=False) if p > 1 else probs
+            out = torch.zeros((b, up.shape[1], h, w), dtype=torch.float32)
+            y0 = m * p - (p if m else 0)
+            hh, ww = min(up.shape[2], h - y0), min(up.shape[3], w - y0)
+            out[:, :, y0 : y0 + hh, y0 : y0 + ww] = up[:, :, :hh, :ww]
             return out
 
     def predict_vectors(self, x: np.ndarray, *, threads: int = 2) -> np.ndarray:
@@ -329,9 +338,18 @@ def _upsample(x: torch.Tensor, stride: int, height: int, width: int) -> torch.Te
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
 
 
+def _to_grid(x: torch.Tensor, stride: int, grid: int, size: tuple[int, int]) -> torch.Tensor:
+    """A map of ``stride`` on the grid of cells of ``grid`` pixels (``size`` cells)."""
+    if stride == grid:
+        return x
+    if stride < grid and grid % stride == 0:
+        return F.avg_pool2d(x, grid // stride, ceil_mode=True)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of ``x`` (B, C, H, W), computed on a copy downsampled by up to 4."""
-    f = int(max(1, min(4, sigma // 2)))
+    """Gaussian blur of ``x`` (B, C, H, W), computed on a copy downsampled by up to 4 (σ ≥ 1 px there)."""
+    f = int(max(1, min(4, sigma)))
     h, w = x.shape[-2:]
     small = F.avg_pool2d(x, f, ceil_mode=True) if f > 1 else x
     s = sigma / f
