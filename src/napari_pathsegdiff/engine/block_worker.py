@@ -113,17 +113,9 @@ def worker_models(head_dir: str, *, head_identity: str, device: str = "auto", ba
         if key in _models:
             _models.move_to_end(key)
             return _models[key]
-        from ..models.device import resolve_device
-        from ..models.features import build_extractor, with_backbone
-        from ..models.heads import load_head
+        from ..models.heads import load_head_and_extractor
 
-        head = load_head(head_dir)
-        config = dict(head.config.feature_config or {})
-        if backbone is not None:
-            config = with_backbone(config, backbone)
-        extractor = build_extractor(config, device=device)
-        head.check_compatible(extractor)
-        head.to(resolve_device(device))
+        head, extractor = load_head_and_extractor(head_dir, backbone=backbone, device=device)
         _models[key] = (head, extractor)
         _stats["model_loads"] += 1
         while len(_models) > _MAX_MODELS:
