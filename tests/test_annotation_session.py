@@ -17,7 +17,7 @@ from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.core.slide import Slide, open_slide
 from napari_pathsegdiff.engine.annotation import AnnotationError, AnnotationSession, store_ids_for
 from napari_pathsegdiff.engine.annotation_export import export_labels
-from napari_pathsegdiff.engine.label_window import EditWindow
+from napari_pathsegdiff.engine.label_window import PREDICTED, EditWindow, class_ids, display_values
 from napari_pathsegdiff.engine.session_folder import (
     HEAD,
     LABELS,
@@ -335,7 +335,7 @@ def test_edit_window_records_paint_erase_and_undo(session):
     session.store.write_prediction(0, 0, np.full((40, 40), 2, np.uint8))
     window = EditWindow(session.store, 10, 10, 20, 20)
     data = window.reload()
-    assert (data == 2).all()
+    assert data.dtype == np.uint16 and (data == PREDICTED + 2).all()  # predicted, not painted
 
     data[2:4, 2:6] = 3  # a stroke
     change = window.record(data)
@@ -345,14 +345,14 @@ def test_edit_window_records_paint_erase_and_undo(session):
 
     data[2:4, 2:4] = 0  # the eraser: the edit goes, the prediction shows again
     change = window.record(data)
-    assert change.erased == 4 and (change.display == 2).all()
+    assert change.erased == 4 and (change.display == PREDICTED + 2).all()
     data[change.box] = change.display
     assert session.painted_counts() == {3: 4}
 
-    data[2:4, 4:6] = 2  # undo restores the predicted class: no longer painted
+    data[2:4, 4:6] = PREDICTED + 2  # undo restores the predicted pixels: no longer painted
     change = window.record(data, kind="restore")
     assert change.erased == 4 and session.painted_counts() == {}
-    data[5, 5] = 1  # undo restoring another class keeps it painted
+    data[5, 5] = 1  # undo restoring a painted class keeps it painted
     window.record(data, kind="restore")
     assert session.painted_counts() == {1: 1}
 
@@ -360,6 +360,43 @@ def test_edit_window_records_paint_erase_and_undo(session):
         EditWindow(session.store, 250, 0, 20, 20)
     with pytest.raises(ValueError, match="has shape"):
         window.record(np.zeros((3, 3), np.uint8))
+
+
+def test_edit_window_records_every_touched_pixel_whatever_the_prediction(session):
+    session.store.write_prediction(0, 0, np.full((40, 40), 2, np.uint8))
+    window = EditWindow(session.store, 10, 10, 20, 20)
+    stroke = np.zeros((3, 5), bool)
+    stroke[1] = True
+
+    # a stroke of the class the model already predicts is an edit of that class
+    change = window.record_paint((slice(4, 7), slice(0, 5)), stroke, 2)
+    assert (change.painted, change.erased) == (5, 0) and change.box == (slice(4, 7), slice(0, 5))
+    assert (session.store.read(15, 10, 1, 5, which="edits") == 2).all()
+    assert session.painted_counts() == {2: 5}
+    assert (window.shown[5, :5] == 2).all() and (window.shown[4] == PREDICTED + 2).all()
+    # a value picked from a predicted pixel paints its class
+    window.record_paint((slice(0, 1), slice(0, 2)), np.ones((1, 2), bool), PREDICTED + 3)
+    assert session.painted_counts() == {2: 5, 3: 2}
+    assert (change := window.record_paint((slice(0, 1), slice(0, 2)), np.ones((1, 2), bool), 0)).erased == 2
+    assert (change.display == PREDICTED + 2).all() and session.painted_counts() == {2: 5}
+    # the eraser over a predicted pixel leaves no edit and shows the prediction
+    change = window.record_paint((slice(10, 11), slice(10, 11)), np.ones((1, 1), bool), 0)
+    assert change.erased == 1 and change.display.tolist() == [[PREDICTED + 2]]
+    assert session.painted_counts() == {2: 5}
+    # per-pixel values (a fill of one class next to a polygon of another)
+    values = np.array([[1, 1, 3]])
+    window.record_paint((slice(19, 20), slice(17, 20)), np.ones((1, 3), bool), values)
+    assert session.store.read(29, 27, 1, 3, which="edits").tolist() == [[1, 1, 3]]
+    assert display_values(np.array([[2, 0]]), np.array([[0, 0]])).tolist() == [[PREDICTED + 2, 0]]
+    assert class_ids(window.shown[19:20, 16:20]).tolist() == [[2, 1, 1, 3]]
+
+    with pytest.raises(ValueError, match="600 is not a class id"):
+        window.record_paint((slice(0, 1), slice(0, 1)), np.ones((1, 1), bool), 600)
+    with pytest.raises(ValueError, match="does not lie inside the window"):
+        window.record_paint((slice(18, 21), slice(0, 1)), np.ones((3, 1), bool), 1)
+    with pytest.raises(ValueError, match="touched mask has shape"):
+        window.record_paint((slice(0, 2), slice(0, 2)), np.ones((1, 2), bool), 1)
+    assert session.painted_counts() == {2: 5, 1: 2, 3: 1}
 
 
 # --- export -------------------------------------------------------------------------------------

@@ -516,7 +516,9 @@ def test_class_table_edits_recolour_the_layers(make_napari_viewer, qtbot, scene,
     assert section.table.rowCount() == 3 and section.table.item(2, 1).text() == "mucin pool"
     layer = widget.controller.layers.window_layer
     np.testing.assert_allclose(layer.colormap.color_dict[2], [0, 1, 0, 1])
-    assert list(layer.features["class"]) == ["not labelled", "background", "gland", "mucin pool"]
+    assert list(layer.features["class"]) == ["not labelled", "background", "gland", "mucin pool",
+                                             "background (predicted)", "gland (predicted)",
+                                             "mucin pool (predicted)"]
     # a painted class cannot be removed
     layer.paint_polygon([[2, 2], [2, 9], [9, 9], [9, 2]], 3)
     assert not section.remove(3)

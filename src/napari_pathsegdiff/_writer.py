@@ -6,6 +6,9 @@ layer's data pixels, which this plugin's layers carry), else the layer ``scale``
 
 Class names and colours for OME-Zarr come from ``metadata['classes']`` (a list of dicts or
 objects with ``id``, ``name`` and ``color``), else colours from a direct label colormap.
+
+The plugin's edit window shows predicted, unpainted pixels as ``metadata['predicted_offset']``
++ class id; they are written as their class id.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .core.ome_writer import write_labels_ome_zarr as _write_zarr
 
 def write_labels_ome_tiff(path: str, data: Any, meta: dict) -> list[str]:
     """Write a Labels layer to a tiled, compressed, pyramidal OME-TIFF; returns ``[path]``."""
-    _write_tiff(path, _level0(data), mpp=layer_mpp(meta), name=meta.get("name") or "labels")
+    _write_tiff(path, _level0(data, meta), mpp=layer_mpp(meta), name=meta.get("name") or "labels")
     return [path]
 
 
@@ -27,7 +30,7 @@ def write_labels_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
     names, colors = _classes(meta)
     _write_zarr(
         path,
-        _level0(data),
+        _level0(data, meta),
         mpp=layer_mpp(meta),
         name=meta.get("name") or "labels",
         class_names=names,
@@ -63,9 +66,14 @@ def _to_um(unit) -> float:
         raise ValueError(f"{unit} is not a length") from exc
 
 
-def _level0(data: Any) -> Any:
-    """Full-resolution labels of a (possibly multiscale) Labels layer."""
-    return data[0] if isinstance(data, (list, tuple)) else data
+def _level0(data: Any, meta: dict) -> Any:
+    """Full-resolution class ids of a (possibly multiscale) Labels layer."""
+    data = data[0] if isinstance(data, (list, tuple)) else data
+    if (meta.get("metadata") or {}).get("predicted_offset"):
+        from .engine.label_window import class_ids
+
+        return class_ids(data)
+    return data
 
 
 def _classes(meta: dict) -> tuple[dict[int, str] | None, dict[int, Any] | None]:

@@ -74,7 +74,8 @@ class AnnotationController(QObject):
         self.viewer = viewer
         self.session = None
         self.image_layer = None
-        self.layers = LabelLayers(viewer, on_edit=self._edited)
+        self.layers = LabelLayers(viewer, on_edit=self._edited,
+                                  on_refused=lambda text: self.message.emit("train", text))
         self.jobs: dict[str, Job] = {}
         self.extractor = None
         self.device = "auto"

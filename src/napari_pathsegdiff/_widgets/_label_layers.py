@@ -9,7 +9,12 @@ analysis level would be loaded whole into memory. So the session is shown with:
 - **labels (edit window)**: an editable single-scale Labels layer over the window last
   segmented (at most ``MAX_SEGMENT_PIXELS``); brush, fill, polygon, eraser, undo and redo act
   on it, and every change is written to the store's edits at once
-  (:class:`~napari_pathsegdiff.engine.label_window.EditWindow`);
+  (:class:`~napari_pathsegdiff.engine.label_window.EditWindow`). What a tool touched comes from
+  the layer's ``paint`` events, so a stroke of the class the model already predicts is an edit
+  too: the layer shows predicted, unpainted pixels as ``PREDICTED + class`` (the class colour,
+  paler, named "<class> (predicted)" in the status bar), so napari sees such a stroke as a
+  change. Undo and redo emit no ``paint`` event: they are read from the difference with what
+  was shown;
 - **uncertainty**: an optional Image layer of the window's per-pixel uncertainty.
 
 All three are placed by ``scale`` and ``translate`` so that they lie exactly over the slide
@@ -24,12 +29,14 @@ import numpy as np
 from ..core.label_store import ClassInfo
 from ..core.ome_writer import label_pyramid
 from ..core.region import Region
-from ..engine.label_window import EditWindow
+from ..engine.label_window import PREDICTED, EditWindow
 
 OVERVIEW = "labels (overview)"
 WINDOW = "labels (edit window)"
 UNCERTAINTY = "uncertainty"
 PYRAMID_MIN = 512
+PREDICTED_ALPHA = 0.5
+"""Opacity of predicted pixels relative to painted ones in the edit window."""
 
 
 class LabelLayers:
@@ -42,11 +49,15 @@ class LabelLayers:
     on_edit : callable, optional
         Called with each :class:`~napari_pathsegdiff.engine.label_window.WindowChange`
         recorded from the edit window.
+    on_refused : callable, optional
+        Called with a message when a stroke was not recorded (a value that is no class id);
+        the stroke is undone on screen.
     """
 
-    def __init__(self, viewer, *, on_edit=None):
+    def __init__(self, viewer, *, on_edit=None, on_refused=None):
         self.viewer = viewer
         self.on_edit = on_edit
+        self.on_refused = on_refused
         self.session = None
         self.image_layer = None
         self.overview = None
@@ -54,6 +65,7 @@ class LabelLayers:
         self.uncertainty_layer = None
         self.window: EditWindow | None = None
         self._syncing = False
+        self._fixes: list = []  # display fixes waiting for napari to write a stroke
 
     # --- attaching ------------------------------------------------------------------------------
     def attach(self, session, image_layer) -> None:
@@ -100,6 +112,7 @@ class LabelLayers:
                     units=self.image_layer.units, opacity=0.6, metadata=self._metadata(),
                 )
                 self.window_layer.events.paint.connect(self._on_paint)
+                self.window_layer.events.labels_update.connect(self._apply_fixes)
                 self.window_layer.events.set_data.connect(self._on_set_data)
             else:
                 self.window_layer.data = data
@@ -139,11 +152,17 @@ class LabelLayers:
         colors.update({c.id: c.color for c in classes})
         features = {"index": [0] + [c.id for c in classes],
                     "class": ["not labelled"] + [c.name for c in classes]}
-        for layer in (self.overview, self.window_layer):
+        # the edit window also shows predicted, unpainted pixels (PREDICTED + id), paler
+        window_colors = dict(colors)
+        window_colors.update({PREDICTED + c.id: _paler(c.color) for c in classes})
+        window_features = {"index": features["index"] + [PREDICTED + c.id for c in classes],
+                           "class": features["class"] + [f"{c.name} (predicted)" for c in classes]}
+        for layer, layer_colors, layer_features in ((self.overview, colors, features),
+                                                    (self.window_layer, window_colors, window_features)):
             if layer is None:
                 continue
-            layer.colormap = DirectLabelColormap(color_dict=colors)
-            layer.features = features
+            layer.colormap = DirectLabelColormap(color_dict=layer_colors)
+            layer.features = layer_features
             layer.metadata["classes"] = [c.__dict__ for c in classes]
 
     def select_class(self, class_id: int) -> None:
@@ -152,20 +171,62 @@ class LabelLayers:
             self.window_layer.selected_label = int(class_id)
 
     # --- painting -----------------------------------------------------------------------------
-    def _on_paint(self, event=None) -> None:
-        self._record("paint")
-
-    def _on_set_data(self, event=None) -> None:
-        if not self._syncing:
-            self._record("restore")  # undo / redo
-
-    def _record(self, kind: str) -> None:
+    # napari emits ``paint`` when a stroke is committed: after the data is written for a mouse
+    # stroke, but *before* it for a single call (a polygon, a fill click, ``paint()``). So the
+    # store is written at once from the event, and what the layer must show instead of what the
+    # tool left is applied once napari has written: at its next ``labels_update`` or
+    # ``set_data`` event, or on the next turn of the event loop.
+    def _on_paint(self, event) -> None:
+        """A brush, fill, polygon or eraser stroke: record every pixel it touched."""
         if self.window is None or self.window_layer is None or self._syncing:
             return
+        touched = touched_pixels(event.value, self.window.shape)
+        if touched is None:
+            return
+        try:
+            change = self.window.record_paint(*touched)
+        except ValueError as exc:
+            self._after_write(lambda box=touched[0]: self._restore_shown(box))
+            if self.on_refused is not None:
+                self.on_refused(f"Not recorded: {exc}")
+            return
+        self._after_write(lambda: self._show(change))
+
+    def _after_write(self, fix) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._fixes.append(fix)
+        QTimer.singleShot(0, self._apply_fixes)
+
+    def _apply_fixes(self, event=None) -> None:
+        fixes, self._fixes = self._fixes, []
+        for fix in fixes:
+            if self.window is not None and self.window_layer is not None:
+                fix()
+
+    def _on_set_data(self, event=None) -> None:
+        """The data changed without a stroke (undo, redo), or during one: record the
+        difference with what was shown."""
+        if self.window is None or self.window_layer is None or self._syncing:
+            return
+        self._apply_fixes()
         data = np.asarray(self.window_layer.data)
         if data.shape != self.window.shape:
             return
-        change = self.window.record(data, kind=kind)
+        self._show(self.window.record(data, kind="restore"))
+
+    def _restore_shown(self, box) -> None:
+        """Show what was shown in ``box`` again (a stroke that was not recorded)."""
+        self._syncing = True
+        try:
+            self.window_layer.data[box] = self.window.shown[box]
+            self.window_layer.refresh()
+        finally:
+            self._syncing = False
+
+    def _show(self, change) -> None:
+        """Show what the store now holds where ``change`` touched, and tell ``on_edit``."""
+        data = self.window_layer.data
         if change.box is not None and not np.array_equal(data[change.box], change.display):
             self._syncing = True
             try:  # erased pixels show the prediction again
@@ -192,7 +253,7 @@ class LabelLayers:
     def _metadata(self) -> dict:
         store = self.session.store
         return {"mpp": store.mpp, "classes": [c.__dict__ for c in store.classes],
-                "label_store": str(store.path)}
+                "label_store": str(store.path), "predicted_offset": PREDICTED}
 
     def _show_uncertainty(self, values, scale, translate, *, visible: bool) -> None:
         values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
@@ -206,3 +267,55 @@ class LabelLayers:
             self.uncertainty_layer.data = values
             self.uncertainty_layer.translate = translate
             self.uncertainty_layer.visible = visible
+
+
+def touched_pixels(atoms, shape: tuple[int, int]):
+    """The pixels a napari ``paint`` event says were painted, as ``(box, touched, values)`` for
+    :meth:`~napari_pathsegdiff.engine.label_window.EditWindow.record_paint`, or None.
+
+    ``atoms`` is the event's ``value``: napari's history atoms, applied in order. A mask edit
+    (brush, fill, polygon) has ``slice_key``, ``mask`` (None: the whole box) and ``new_value``;
+    an ``(indices, old values, new values)`` tuple comes from ``data_setitem`` (and from every
+    tool in napari before 0.6).
+    """
+    parts = []  # (y0, x0, mask, values) in the order napari applied them
+    for atom in atoms or ():
+        if hasattr(atom, "slice_key"):
+            ys, xs = atom.slice_key[-2:]
+            h, w = ys.stop - ys.start, xs.stop - xs.start
+            mask = np.ones((h, w), bool) if atom.mask is None else np.asarray(atom.mask, bool).reshape(h, w)
+            parts.append((ys.start, xs.start, mask, atom.new_value))
+        else:
+            indices, _, new = atom
+            rows, cols = (np.asarray(i, dtype=np.int64).ravel() for i in indices[-2:])
+            if rows.size == 0:
+                continue
+            y0, x0 = int(rows.min()), int(cols.min())
+            mask = np.zeros((int(rows.max()) - y0 + 1, int(cols.max()) - x0 + 1), bool)
+            mask[rows - y0, cols - x0] = True
+            values = np.zeros(mask.shape, np.int64)
+            values[rows - y0, cols - x0] = np.broadcast_to(np.asarray(new, dtype=np.int64), rows.shape)
+            parts.append((y0, x0, mask, values))
+    if not parts:
+        return None
+    y0 = max(0, min(p[0] for p in parts))
+    x0 = max(0, min(p[1] for p in parts))
+    y1 = min(shape[0], max(p[0] + p[2].shape[0] for p in parts))
+    x1 = min(shape[1], max(p[1] + p[2].shape[1] for p in parts))
+    if y1 <= y0 or x1 <= x0:
+        return None
+    touched = np.zeros((y1 - y0, x1 - x0), bool)
+    values = np.zeros(touched.shape, np.int64)
+    for py, px, mask, new in parts:
+        sub = (slice(py - y0, py - y0 + mask.shape[0]), slice(px - x0, px - x0 + mask.shape[1]))
+        touched[sub] |= mask
+        values[sub] = np.where(mask, new, values[sub])
+    return (slice(y0, y1), slice(x0, x1)), touched, values
+
+
+def _paler(color: str) -> tuple[float, float, float, float]:
+    """``#rrggbb`` as RGBA with :data:`PREDICTED_ALPHA` opacity."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    r, g, b, _ = transform_color(color)[0]
+    return (float(r), float(g), float(b), PREDICTED_ALPHA)
