@@ -10,5 +10,8 @@ echo "Installing Debian packages: ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Another apt or dpkg (an unattended upgrade, a second set-up) may hold the lock: wait for it
+# for up to 5 minutes instead of failing.
+LOCK_WAIT=(-o DPkg::Lock::Timeout=300)
+$SUDO apt-get "${LOCK_WAIT[@]}" update -qq
+$SUDO apt-get "${LOCK_WAIT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
