@@ -313,6 +313,29 @@ class AnnotationController(QObject):
             return
         self.message.emit("model", f"Saved the head to {path}.")
 
+    def set_slide_mpp(self, text) -> None:
+        """Give the level-0 µm/px (``text``, a number) of a slide whose file records none; it is
+        kept in the slide's session folder (opened, or created, first)."""
+        try:
+            mpp = float(str(text).strip().replace(",", "."))
+        except ValueError:
+            self.message.emit("model", f"Error: {str(text)!r} is not a number: type the slide's µm per "
+                                       "pixel at full resolution, e.g. 0.25 for a 40x scan.")
+            return
+
+        def apply() -> None:
+            try:
+                self.session.set_slide_mpp(mpp)
+            except ValueError as exc:
+                self.message.emit("model", _describe_error(exc))
+                return
+            self.layers.set_mpp(self.session.store.mpp)
+            self.message.emit("model", f"Slide µm/px set to {mpp:g} and kept in its session folder: "
+                                       "segmenting matches the head's µm/px and exports carry the scale.")
+            self.head_changed.emit()
+
+        self._with_session("model", apply)
+
     # --- classes -------------------------------------------------------------------------------
     def set_classes(self, classes) -> bool:
         """Replace the class table; returns whether it was accepted."""

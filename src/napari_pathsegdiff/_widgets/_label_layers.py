@@ -139,6 +139,12 @@ class LabelLayers:
         if self.overview is not None and self.overview in self.viewer.layers:
             self.overview.refresh()
 
+    def set_mpp(self, mpp: float | None) -> None:
+        """The µm/px of the label layers' pixels (written by File > Save as the scale)."""
+        for layer in (self.overview, self.window_layer):
+            if layer is not None:
+                layer.metadata["mpp"] = mpp
+
     def set_uncertainty_visible(self, visible: bool) -> None:
         if self.uncertainty_layer is not None and self.uncertainty_layer in self.viewer.layers:
             self.uncertainty_layer.visible = bool(visible)

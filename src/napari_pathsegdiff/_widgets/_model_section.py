@@ -8,6 +8,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QWidget,
 )
@@ -44,6 +45,9 @@ class ModelSection(QWidget):
         self.save_button = QPushButton("Save as…")
         self.folder_button = QPushButton("Session folder…")
         self.folder_label = QLabel("–")
+        self.mpp_edit = QLineEdit()
+        self.mpp_edit.setPlaceholderText("µm/px at full resolution, e.g. 0.25")
+        self.mpp_button = QPushButton("Set")
         self.status = QLabel("")
         for label in (self.features_label, self.head_label, self.folder_label, self.status):
             label.setWordWrap(True)
@@ -61,6 +65,10 @@ class ModelSection(QWidget):
         form.addRow("Head:", head_row)
         form.addRow("", self.head_label)
         form.addRow(self.folder_button, self.folder_label)
+        mpp_row = QHBoxLayout()
+        mpp_row.addWidget(self.mpp_edit, 1)
+        mpp_row.addWidget(self.mpp_button)
+        form.addRow("Slide µm/px:", mpp_row)
         form.addRow(self.status)
 
         self.load_features.clicked.connect(self._use_features)
@@ -68,6 +76,8 @@ class ModelSection(QWidget):
         self.open_button.clicked.connect(self._open_head)
         self.save_button.clicked.connect(self._save_head)
         self.folder_button.clicked.connect(self._pick_folder)
+        self.mpp_button.clicked.connect(lambda: controller.set_slide_mpp(self.mpp_edit.text()))
+        self.mpp_edit.returnPressed.connect(self.mpp_button.click)
         controller.head_changed.connect(self._refresh)
         controller.session_changed.connect(self._refresh)
         controller.message.connect(self._message)
@@ -109,6 +119,7 @@ class ModelSection(QWidget):
             default = "the default backbone" if default_backbone_installed() else "classic filters"
             self.features_label.setText(f"{default}, unless you choose others before you start")
         session = c.session
+        self._refresh_mpp()
         if session is None:
             self.head_label.setText("–")
             self.folder_label.setText("–")
@@ -121,6 +132,20 @@ class ModelSection(QWidget):
                                     + (f" · {head.config.mpp:g} µm/px" if head.config.mpp else ""))
         self.folder_label.setText(_home_short(session.folder))
         self.folder_label.setToolTip(str(session.folder))
+
+    def _refresh_mpp(self) -> None:
+        """The slide's µm/px: editable while the file records none (or it was given here)."""
+        session = self.controller.session
+        mpp, given = (session.slide.mpp, session.mpp_given) if session is not None else (None, False)
+        editable = mpp is None or given  # without a session yet, setting it opens one
+        self.mpp_edit.setText(f"{mpp:.4g}" if mpp else "")
+        self.mpp_edit.setEnabled(editable)
+        self.mpp_button.setEnabled(editable)
+        self.mpp_edit.setToolTip(
+            "Recorded in the slide file." if mpp and not given else
+            "Given here and kept in the slide's session folder." if given else
+            "The slide file records no µm/px: type the µm per pixel of its full resolution "
+            "(e.g. 0.25 at 40x, 0.5 at 20x) so that the head sees tissue at its own scale.")
 
     def _message(self, section: str, text: str) -> None:
         if section == "model":

@@ -16,6 +16,7 @@ store writes each chunk atomically), so edits survive a crash or a cancelled job
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -151,6 +152,20 @@ class LabelStore:
         """(dy, dx) level-0 pixels per analysis pixel."""
         dy, dx = self._group.attrs["downsample"]
         return (float(dy), float(dx))
+
+    @property
+    def given_slide_mpp(self) -> float | None:
+        """Level-0 µm/px a person gave for a slide whose file records none (else None)."""
+        value = self._group.attrs.get("slide_mpp_given")
+        return None if value is None else float(value)
+
+    def set_given_slide_mpp(self, mpp: float) -> None:
+        """Record the level-0 µm/px a person gave for the slide; the analysis grid's µm/px
+        (:attr:`mpp`) follows from it and the grid's downsample."""
+        if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
+            raise LabelStoreError(f"The µm/px must be a positive number, got {mpp!r}.")
+        dy, dx = self.downsample
+        self._group.attrs.update({"slide_mpp_given": float(mpp), "mpp": float(mpp) * (dy + dx) / 2})
 
     @property
     def slide_identity(self) -> str:

@@ -267,6 +267,8 @@ class AnnotationSession:
             extractor = build_extractor(dict(given.config.feature_config or {}))
         store, level = _open_store(slide, folder / LABELS, extractor=extractor, head=given,
                                    classes=classes, analysis_mpp=analysis_mpp)
+        if slide.mpp is None and store.given_slide_mpp is not None:
+            _use_given_mpp(slide, store.given_slide_mpp)
         session = cls(slide, store, folder, level=level, extractor=extractor, cache=cache)
         session._lock = lock
         if head is not None:
@@ -402,6 +404,31 @@ class AnnotationSession:
 
         head = self._require_head()
         return save_head(head, folder)
+
+    # --- scale --------------------------------------------------------------------------------
+    @property
+    def mpp_given(self) -> bool:
+        """Whether the slide's µm/px was given by a person (its file records none)."""
+        return self.store.given_slide_mpp is not None
+
+    def set_slide_mpp(self, mpp: float) -> None:
+        """Give the level-0 µm/px of a slide whose file records none; it is kept in the session
+        folder (used again when the session is reopened), segmenting then matches the head's
+        µm/px, and exports carry the scale.
+
+        Raises
+        ------
+        AnnotationError
+            ``mpp`` is not a positive number, or the slide file records its own µm/px.
+        """
+        if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not (math.isfinite(mpp) and mpp > 0):
+            raise AnnotationError(f"The µm/px must be a positive number of µm per pixel, got {mpp!r}.")
+        if self.slide.mpp is not None and not self.mpp_given:
+            raise AnnotationError(
+                f"The slide file records its µm/px ({self.slide.mpp:.4g}): that one is used."
+            )
+        self.store.set_given_slide_mpp(float(mpp))
+        _use_given_mpp(self.slide, float(mpp))
 
     # --- geometry -----------------------------------------------------------------------------
     @property
@@ -728,6 +755,12 @@ def _open_store(slide: Slide, path: Path, *, extractor, head, classes, analysis_
         classes=list(classes or []),
     )
     return store, level
+
+
+def _use_given_mpp(slide: Slide, mpp: float) -> None:
+    """Use the level-0 µm/px a person gave for ``slide`` (its file records none)."""
+    slide.mpp = float(mpp)
+    slide.metadata["mpp_source"] = "given (kept in the session)"
 
 
 def _level_of(slide: Slide, store: LabelStore) -> int:
