@@ -131,3 +131,30 @@ def test_the_demo_says_why_there_is_no_segmentation(make_napari_viewer, qtbot, s
     assert outcome.failure == "Error: OSError: the session folder went away"
     printed = capsys.readouterr().err
     assert "demo: no segmentation to show: Error: OSError: the session folder went away" in printed
+
+
+def test_the_overview_shows_what_was_just_segmented(make_napari_viewer, qtbot, scene, tmp_path):
+    # a session with a head but nothing segmented: the overview is first drawn empty
+    folder = _restored_session(scene, tmp_path)
+    from napari_pathsegdiff.core.label_store import LabelStore
+    from napari_pathsegdiff.engine.session_folder import LABELS
+
+    store = LabelStore.open(folder / LABELS)
+    assert not store.read(0, 0, *store.shape, which="prediction").any()
+    viewer = make_napari_viewer(show=True)
+    widget = _dock(viewer, tmp_path)
+    image = _open(viewer, scene)
+    qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
+    qtbot.wait(300)  # the empty overview is drawn
+    with qtbot.waitSignal(widget.controller.segmented, timeout=WAIT_MS):
+        widget.segment_section.segment_button.click()
+    overview = widget.controller.layers.overview
+    for layer in viewer.layers:
+        layer.visible = layer == image or layer == overview  # the overview alone over the slide
+    qtbot.waitUntil(lambda: overview.loaded, timeout=WAIT_MS)
+    qtbot.wait(300)
+    shown = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    overview.visible = False
+    without = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    on_slide = without.sum(-1) > 30
+    assert (np.abs(shown - without).max(-1) > 30)[on_slide].mean() > 0.5

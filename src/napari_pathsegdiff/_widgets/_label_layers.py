@@ -85,6 +85,7 @@ class LabelLayers:
             units=image_layer.units,
             opacity=0.45,
             metadata=self._metadata(),
+            cache=False,  # napari's dask cache would keep showing chunks as they were first read
         )
         self.set_classes(session.classes)
 
