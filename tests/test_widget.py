@@ -487,8 +487,12 @@ def test_choosing_other_features_puts_the_head_aside(make_napari_viewer, qtbot, 
     installed = default_backbone_installed()
     assert default.isEnabled() == installed
     assert default.text() == ("default backbone" if installed else "default backbone (not installed)")
-    section.features.setCurrentIndex(section.features.findData("classic filters"))
-    assert section.features.currentData() == "classic filters"
+    from napari_pathsegdiff.models.features import registered_kinds
+
+    listed = [section.features.itemData(i) for i in range(section.features.count())]
+    assert listed == ["default backbone", "backbone folder", *[k for k in registered_kinds() if k != "diffusion"]]
+    section.features.setCurrentIndex(section.features.findData("classic"))
+    assert section.features.currentData() == "classic"
     with qtbot.waitSignal(widget.controller.head_changed, timeout=WAIT_MS):
         section.load_features.click()
     assert section.features_label.text().startswith("classic:")

@@ -25,7 +25,18 @@ LIVE_DELAY_MS = 400
 PROGRESS_NOTE_S = 0.5
 """Shortest interval between two progress notes in a section's status (seconds)."""
 
-FEATURE_CHOICES = ("default backbone", "backbone folder", "classic filters")
+#: Features that run a backbone; every other choice is a kind of the feature registry.
+BACKBONE_CHOICES = ("default backbone", "backbone folder")
+
+
+def feature_choices() -> tuple[str, ...]:
+    """The Model section's features: the two backbone choices, then the registry's other kinds."""
+    from ..models.features import extractor_entry, registered_kinds
+
+    return BACKBONE_CHOICES + tuple(k for k in registered_kinds() if not extractor_entry(k).uses_backbone)
+
+
+FEATURE_CHOICES = feature_choices()
 _NO_SLIDE = "No slide open: open a slide (File > Open, or File > Open Sample > PathSegDiff)."
 
 
@@ -255,9 +266,10 @@ class AnnotationController(QObject):
 
     # --- features and head ---------------------------------------------------------------------
     def choose_features(self, choice: str, *, folder: str | Path | None = None, device: str | None = None) -> None:
-        """Use the default backbone, a backbone ``folder``, or the classic filter bank."""
-        if choice not in FEATURE_CHOICES:
-            raise ValueError(f"Unknown features {choice!r}: use one of {FEATURE_CHOICES}.")
+        """Use the default backbone, a backbone ``folder``, or a kind of the feature registry."""
+        choices = feature_choices()
+        if choice not in choices:
+            raise ValueError(f"Unknown features {choice!r}: use one of {choices}.")
         if choice == "backbone folder" and not folder:
             self.message.emit("model", "Pick the backbone folder first.")
             return

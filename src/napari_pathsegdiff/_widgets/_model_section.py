@@ -1,7 +1,8 @@
-"""Model section: features (default backbone, a backbone folder, classic filters), device, head."""
+"""Model section: features (default backbone, a backbone folder, or a kind of the feature registry), device, head."""
 
 from __future__ import annotations
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -13,7 +14,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._controller import FEATURE_CHOICES, AnnotationController
+from ._controller import AnnotationController, feature_choices
 
 
 class ModelSection(QWidget):
@@ -25,15 +26,21 @@ class ModelSection(QWidget):
         self.features = QComboBox()
         from ..engine.shipped_models import default_backbone_installed
 
-        for choice in FEATURE_CHOICES:
+        from ..models.features import extractor_entry
+
+        choices = feature_choices()
+        for i, choice in enumerate(choices):
             self.features.addItem(choice, choice)
+            if i >= 2:  # a kind of the feature registry: its summary as the tooltip
+                self.features.setItemData(i, extractor_entry(choice).summary, Qt.ToolTipRole)
         if not default_backbone_installed():  # offer it, greyed out, and start with classic
             self.features.setItemText(0, "default backbone (not installed)")
             self.features.model().item(0).setEnabled(False)
-            self.features.setCurrentIndex(FEATURE_CHOICES.index("classic filters"))
+            self.features.setCurrentIndex(choices.index("classic"))
         self.features.setToolTip(
-            "Diffusion features of the default backbone, of a backbone folder, or the classic "
-            "filter bank (no backbone)."
+            "Diffusion features of the default backbone or of a backbone folder, or features "
+            "without a backbone (classic: the filter bank of ilastik and QuPath; cnn: an ImageNet "
+            "CNN's early layers; rgb: the pixels)."
         )
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])

@@ -61,13 +61,13 @@ def _default_extractor():
 
 
 def extractor_work(choice: str, folder, device: str):
-    """Build the features ``choice`` (see ``FEATURE_CHOICES``), probing the model here."""
+    """Build the features ``choice`` (see ``feature_choices``), probing the model here."""
     from ..core.progress import Progress
     from ..models.features import make_extractor
 
     yield Progress("features", 0, 1, f"loading {choice}")
-    if choice == "classic filters":
-        return make_extractor("classic")
+    if choice not in ("default backbone", "backbone folder"):  # a kind of the registry
+        return make_extractor(choice, device=device)
     spec = "default" if choice == "default backbone" else str(folder)
     extractor = make_extractor("diffusion", backbone=spec, device=device)
     extractor.channels  # noqa: B018 - probe the model here, in the worker

@@ -172,6 +172,16 @@ def _fcn_options(args) -> dict:
     return {k: getattr(args, k) for k in ("steps", "lr", "batch_size", "val_fraction", "patience", "hidden", "depth")}
 
 
+def _changed_fcn_options(args) -> dict:
+    """The FCN settings given on the command line that differ from the fit's defaults."""
+    import inspect
+
+    from ..engine.train_head import fit_fcn
+
+    defaults = {k: p.default for k, p in inspect.signature(fit_fcn).parameters.items()}
+    return {k: v for k, v in _fcn_options(args).items() if v != defaults.get(k)}
+
+
 def _extractor(args, features: str):
     from ..models.features import make_extractor, uses_backbone, feature_config
     from . import UserError
@@ -217,7 +227,7 @@ def _auto(args, samples, common):
         candidates = [c for c in DEFAULT_CANDIDATES if c.head == head] or [Candidate("classic", head)]
     else:
         candidates = [Candidate(features, h) for h in head_kinds()]
-    fcn = tuple(sorted(_fcn_options(args).items()))
+    fcn = tuple(sorted(_changed_fcn_options(args).items()))
     candidates = [Candidate(c.features, c.head, fcn if c.head == "fcn" else c.settings) for c in candidates]
     return drive(auto_train(samples, make_extractor=lambda f: _extractor(args, f), candidates=candidates,
                             budget_s=CLI_BUDGET_S if args.budget is None else args.budget, **common))
