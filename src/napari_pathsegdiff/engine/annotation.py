@@ -626,7 +626,8 @@ class AnnotationSession:
                             seconds=time.perf_counter() - t0, synthetic=len(synthetic), note=note)
 
     def _auto_train(self, samples, extractor, *, unlabelled, seed, budget_s, class_kwargs):
-        """``auto`` over the session's features, alone and stacked with the filter bank, x head kinds."""
+        """``auto`` over the session's features, alone and stacked with the filter bank, x head kinds,
+        and the CNN features with a forest."""
         from ..models.features import make_extractor
         from ..models.fused_features import FusedFeatures
         from .auto_select import WIDGET_BUDGET_S, Candidate, auto_train
@@ -635,6 +636,8 @@ class AnnotationSession:
         stacked = f"{base}+classic" if base not in ("classic", "fused") else None
         names = [stacked, base] if stacked else [base]
         candidates = [Candidate(n, h) for n in names for h in ("fcn", "forest")]
+        if base != "cnn":  # the strongest without a backbone on the validation splits
+            candidates.append(Candidate("cnn", "forest"))
 
         def build(name):
             parts = [extractor if p == base else make_extractor(p) for p in name.split("+")]

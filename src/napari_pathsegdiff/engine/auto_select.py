@@ -41,15 +41,16 @@ class Candidate:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.settings}
 
 
-#: The candidates of ``auto``, in order of preference: the strongest and cheapest on the
-#: validation splits first, since the budget may stop the list (BENCHMARKS.md, "Features x
-#: heads"). The FCN on stacked diffusion + filter-bank maps is left out: it trains at full
-#: resolution, 20x slower, and scored lower on GlaS.
+#: The candidates of ``auto``, in order of preference (the first is the fallback): the
+#: strongest on the validation splits first, since the budget may stop the list (BENCHMARKS.md,
+#: "Features x heads"). The FCN on stacked diffusion + filter-bank maps is left out: it trains
+#: at full resolution, about 20x slower, and scored lower on GlaS.
 DEFAULT_CANDIDATES = (
+    Candidate("cnn", "forest"),
     Candidate("classic", "forest"),
     Candidate("classic", "fcn"),
-    Candidate("diffusion+classic", "forest"),
     Candidate("diffusion", "fcn"),
+    Candidate("diffusion+classic", "forest"),
 )
 #: Budgets (seconds) of ``pathsegdiff train`` and of the widget's *Train on my edits*.
 CLI_BUDGET_S = 900.0
