@@ -272,11 +272,18 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="GlaS only, 2 training and 1 validation image")
     parser.add_argument("--auto", action="store_true", help="also run auto (the default of `pathsegdiff train`)")
     parser.add_argument("--budget", type=float, default=900.0, help="auto's budget in seconds (default 900)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="results of runs with other --state files to merge in (runs side by side)")
     args = parser.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     state = json.loads(args.state.read_text()) if args.state.is_file() else {}
+    for other in args.merge:
+        for name, by_set in json.loads(other.read_text()).items():
+            for d, by_subset in by_set.items():
+                state.setdefault(name, {}).setdefault(d, {}).update(by_subset)
 
     def save():
         args.state.parent.mkdir(parents=True, exist_ok=True)
