@@ -202,13 +202,13 @@ class LabelLayers:
     def _after_write(self, fix) -> None:
         from qtpy.QtCore import QTimer
 
-        self._fixes.append(fix)
+        self._fixes.append((self.window, fix))
         QTimer.singleShot(0, self._apply_fixes)
 
     def _apply_fixes(self, event=None) -> None:
         fixes, self._fixes = self._fixes, []
-        for fix in fixes:
-            if self.window is not None and self.window_layer is not None:
+        for window, fix in fixes:
+            if window is self.window and self.window_layer is not None:  # not a replaced window
                 fix()
 
     def _on_set_data(self, event=None) -> None:
