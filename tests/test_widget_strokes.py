@@ -66,6 +66,14 @@ def test_strokes_of_the_predicted_class_are_edits_and_train(make_napari_viewer, 
     assert session.painted_counts() == counts
     assert widget.train_section.status.text() == f"Painted pixels saved ({counts[3]} painted, 0 erased)."
 
+    # single pixels set through the layer's data_setitem (napari's index-tuple history atoms)
+    assert (prediction[200:202, 50] == 2).all()
+    edit.data_setitem((np.array([200, 201]), np.array([50, 50])), 2)
+    qtbot.wait(0)
+    counts[2] += 2
+    assert session.painted_counts() == counts
+    assert session.store.read(200, 50, 2, 1, which="edits").ravel().tolist() == [2, 2]
+
     outcome = _train(qtbot, widget)
     assert outcome is not None and outcome.painted == counts
     assert "on %d painted px" % sum(counts.values()) in widget.train_section.status.text()
