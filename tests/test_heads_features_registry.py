@@ -128,7 +128,7 @@ def test_forest_folder_holds_no_pickle_and_loads_without_unpickling(forest_and_f
 
 def test_each_head_refuses_the_other_kind_and_other_features(forest_and_fcn):
     _, _, ex, forest_dir, fcn_dir = forest_and_fcn
-    with pytest.raises(HeadError, match="not the config of a ForestHead"):
+    with pytest.raises(HeadError, match=r"not the config of a head \(ForestHead\)"):
         ForestHead.read_folder(fcn_dir)
     with pytest.raises(HeadError, match="not the config of a head"):
         SegmentationHead.read_folder(forest_dir)

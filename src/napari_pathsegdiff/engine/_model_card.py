@@ -3,20 +3,15 @@ time and hashes, from the run record and its loss log."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from ..core.hashing import file_sha256 as _sha256
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+
 
 
 def _final_losses(log: Path, n: int = 100) -> dict[str, dict[str, float]]:

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..core.hashing import file_sha256 as _sha256
 from ..core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
 from ..core.progress import Progress, Work
 from ..models.device import autocast, resolve_device
@@ -547,12 +548,6 @@ def _trim_log(folder: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- export ---------------------------------------------------------------------------------

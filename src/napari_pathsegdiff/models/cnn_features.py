@@ -20,7 +20,6 @@ normalisation of the EfficientNet-Lite models, not the torchvision ImageNet mean
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
 import math
 from collections.abc import Sequence
@@ -213,12 +212,10 @@ def weights_path() -> Path:
 
 @functools.lru_cache(maxsize=2)
 def weights_sha256(path: Path) -> str:
-    """SHA-256 of the weights file (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 of the weights file (hex), computed once per path."""
+    from ..core.hashing import file_sha256
+
+    return file_sha256(path)
 
 
 @functools.lru_cache(maxsize=2)

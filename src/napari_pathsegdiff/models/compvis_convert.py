@@ -23,7 +23,6 @@ autoencoder (``first_stage_model.*``) and a ``PatchEmbedder`` or ``SSLEmbedder``
 from __future__ import annotations
 
 import datetime
-import hashlib
 import pickle
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..core.hashing import file_sha256 as _sha256
 from .backbone import Backbone, _assemble, load_backbone
 from .ssl_conditioning import ConditioningEmbedder, SSLConditioning, load_ssl_encoder
 
@@ -704,12 +704,6 @@ def _write_card(folder: Path, checkpoint: Path, config: Path, backbone: Backbone
     (folder / "MODEL_CARD.md").write_text("\n".join(lines))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _quiet_diffusers():

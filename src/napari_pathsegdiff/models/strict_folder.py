@@ -40,17 +40,8 @@ def load_strict(folder: str | Path, cls, *, error: type[Exception], what: str):
     from safetensors.torch import load_file
 
     folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist.")
+    config = read_config(folder, cls, error=error, what=what)
     cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not cfg_path.is_file():
-        raise error(f"{folder} is not a {what.lower()} folder: {cfg_path} is missing.")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{what} config {cfg_path} is not readable JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("_class_name") != cls.__name__:
-        raise error(f"{cfg_path} is not the config of a {what.lower()} ({cls.__name__}).")
     if not weights.is_file():
         raise error(f"{what} weights {weights} are missing: the {what.lower()} folder is incomplete.")
     try:
@@ -66,3 +57,20 @@ def load_strict(folder: str | Path, cls, *, error: type[Exception], what: str):
     except RuntimeError as exc:
         raise error(f"{what} weights {weights} do not match {cfg_path}: {exc}") from exc
     return model.eval()
+
+
+def read_config(folder: str | Path, cls, *, error: type[Exception], what: str) -> dict:
+    """The ``config.json`` of a model folder, checked to name ``cls`` (see :func:`load_strict`)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder {folder} does not exist.")
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise error(f"{folder} is not a {what.lower()} folder: {cfg_path} is missing.")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{what} config {cfg_path} is not readable JSON: {exc}") from exc
+    if not isinstance(config, dict) or config.get("_class_name") != cls.__name__:
+        raise error(f"{cfg_path} is not the config of a {what.lower()} ({cls.__name__}).")
+    return config

@@ -25,7 +25,6 @@ for what are five arrays per tree.
 
 from __future__ import annotations
 
-import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from ..strict_folder import CONFIG_FILE
+from ..strict_folder import CONFIG_FILE, read_config
 from .base import HeadError, HeadMixin, check_classes, check_maps, default_class_colors, default_class_names
 
 WEIGHTS = "forest.safetensors"
@@ -296,7 +295,7 @@ class ForestHead(HeadMixin, ConfigMixin):
         from safetensors.numpy import load_file
 
         folder = Path(folder)
-        config = _read_config(folder, cls)
+        config = read_config(folder, cls, error=HeadError, what="Head")
         weights = folder / WEIGHTS
         if not weights.is_file():
             raise HeadError(f"Head weights {weights} are missing: the head folder is incomplete.")
@@ -469,18 +468,3 @@ def _projections_from_arrays(head: ForestHead, arrays: dict[str, np.ndarray]) ->
             raise ValueError(f"projection {g} has shape {weight.shape}, expected {(k, head.group_width(group))}")
         out.append((weight.astype(np.float32), bias.astype(np.float32)))
     return out
-
-
-def _read_config(folder: Path, cls) -> dict:
-    path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Head folder {folder} does not exist.")
-    if not path.is_file():
-        raise HeadError(f"{folder} is not a head folder: {path} is missing.")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HeadError(f"Head config {path} is not readable JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("_class_name") != cls.__name__:
-        raise HeadError(f"{path} is not the config of a {cls.__name__}.")
-    return config
