@@ -243,9 +243,13 @@ def test_cli_train_forest_then_predict_records_the_head(tmp_path, capsys):
     assert record["head"] == "forest" and record["auto"] is None
     assert main(["predict", str(images / "0.png"), "--head", str(out), "--out", str(tmp_path / "pred"),
                  "--tta", "2"]) == 0
+    assert "mean of 2 flips/rotations" in capsys.readouterr().out
     pred = np.asarray(Image.open(tmp_path / "pred" / "0.png"))
     assert pred.shape == (96, 96) and set(np.unique(pred)) <= {0, 1}
     assert (pred == _scene(0)[1]).mean() > 0.98
+    # a forest head averages the 8 orientations by default (its trees never saw rotated tiles)
+    assert main(["predict", str(images / "0.png"), "--head", str(out), "--out", str(tmp_path / "pred8")]) == 0
+    assert "mean of 8 flips/rotations" in capsys.readouterr().out
     # auto over the heads of rgb features: the record holds both candidates' scores
     out2 = tmp_path / "auto"
     assert main(["train", "--images", str(images), "--masks", str(masks), "--out", str(out2),

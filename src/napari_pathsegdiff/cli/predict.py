@@ -27,9 +27,10 @@ def register(subparsers) -> None:
     parser.add_argument("--level", type=int, default=None, metavar="L",
                         help="pyramid level of --region (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per batch")
-    parser.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
-                        help="test-time augmentation: mean over 1, 2, 4 or 8 flips/rotations of every tile "
-                             "(each costs one more feature extraction; default 1)")
+    parser.add_argument("--tta", default="auto", choices=("auto", "1", "2", "4", "8"),
+                        help="test-time augmentation: mean over 1, 2, 4 or 8 flips/rotations of every tile, "
+                             "each costing one more feature extraction (default auto: 8 for a forest head, "
+                             "whose trees never saw rotated tiles; 1 for an FCN, trained on them)")
     add_feature_options(parser)
     parser.set_defaults(func=run)
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         raise UserError(f"--backbone: head {args.head}: {exc}") from None
 
+    tta = head.default_tta if args.tta == "auto" else int(args.tta)
     paths = [Path(p) for p in args.inputs]
     for p in paths:
         if not p.is_file():
@@ -89,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
             source, region = read_rgb(p), None
         try:
             pred = drive(predict_region(source, region, head=head, extractor=extractor,
-                                        mpp=args.mpp, batch_size=args.batch_size, tta=args.tta))
+                                        mpp=args.mpp, batch_size=args.batch_size, tta=tta))
         finally:
             if region is not None:
                 source.close()
         target = write_labels(out / f"{file_stem(p)}.png", pred.labels)
-        notes = f" ({'; '.join(pred.notes)})" if pred.notes else ""
+        notes = pred.notes + ([f"mean of {tta} flips/rotations of every tile"] if tta > 1 else [])
+        notes = f" ({'; '.join(notes)})" if notes else ""
         print(f"{p.name}: {pred.labels.shape[0]}x{pred.labels.shape[1]} -> {target}{notes}")
     return 0

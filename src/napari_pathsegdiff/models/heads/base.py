@@ -37,6 +37,9 @@ class HeadMixin:
 
     #: Registry name of the kind (``"fcn"``, ``"forest"``).
     head_kind: str = ""
+    #: Dihedral transforms averaged at prediction by default on the command line (``--tta auto``):
+    #: 1 for heads trained with dihedral augmentation, more for those that are not.
+    default_tta: int = 1
 
     # --- classes ---------------------------------------------------------------------------
     @property
