@@ -75,6 +75,8 @@ CANDIDATES = {
     "cnn+classic/forest": ("cnn+classic", "forest", {}, {}),
     "diffusion+cnn/forest": ("diffusion+cnn", "forest", {}, {}),
     "cnn/forest tta8": ("cnn", "forest", {}, {"tta": 8}),
+    "classic/fcn tta8": ("classic", "fcn", {}, {"tta": 8}),
+    "classic/forest tta8": ("classic", "forest", {}, {"tta": 8}),
     "cnn/forest x3": ("cnn", "forest", {}, {"seeds": 3}),
     "diffusion+classic/fcn tta8": ("diffusion+classic", "fcn", {}, {"tta": 8}),
     "diffusion+classic/forest tta8": ("diffusion+classic", "forest", {}, {"tta": 8}),
@@ -273,6 +275,7 @@ def main(argv=None) -> int:
     parser.add_argument("--auto", action="store_true", help="also run auto (the default of `pathsegdiff train`)")
     parser.add_argument("--budget", type=float, default=900.0, help="auto's budget in seconds (default 900)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--table-only", action="store_true", help="write the table of what --state holds, run nothing")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="results of runs with other --state files to merge in (runs side by side)")
     args = parser.parse_args(argv)
@@ -295,7 +298,7 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     datasets = ["glas"] if args.quick else args.datasets
-    for d in datasets:
+    for d in [] if args.table_only else datasets:
         spec = BB.DATASETS[d]
         train, val = BB.load_dataset(args.data, spec, max_train=2 if args.quick else None,
                                      max_val=1 if args.quick else None)
@@ -304,6 +307,8 @@ def main(argv=None) -> int:
             run_feature(spec, features, names, train, val, subsets=args.subsets, state=state, save=save, log=log)
         if args.auto:
             run_auto(spec, train, val, subsets=args.subsets, state=state, save=save, log=log, budget_s=args.budget)
+    if args.table_only:
+        save()
     names = list(args.candidates) + ([AUTO] if args.auto else [])
     table = markdown(state, datasets=datasets, names=names)
     if args.auto:
