@@ -276,3 +276,14 @@ def test_classic_features_equal_scikit_image_to_a_float16_step():
     step = np.spacing(np.maximum(np.abs(got), np.abs(want))).astype(np.float32)  # one float16 step
     diff = np.abs(got.astype(np.float32) - want.astype(np.float32))
     assert (diff <= np.maximum(step, 1e-6)).all() and (diff == 0).mean() > 0.9  # 1e-6: near zero
+
+
+def test_the_command_line_parser_imports_no_torch():
+    """Listing the feature and head kinds (help, choices) stays light: a worker or --help pays no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_pathsegdiff.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -609,7 +609,8 @@ class AnnotationSession:
                                                  budget_s=budget_s, class_kwargs=class_kwargs)
             result, note, self.extractor = chosen.result, chosen.note, chosen.extractor
         else:
-            options = {"steps": steps, "lr": lr, "batch_size": batch_size} if head is None or head.head_kind == "fcn" else {}
+            fcn = head is None or head.head_kind == "fcn"
+            options = {"steps": steps, "lr": lr, "batch_size": batch_size} if fcn else {}
             result = yield from train_head(
                 samples, extractor=extractor, head=head if fine_tune else None, unlabelled=unlabelled,
                 seed=seed, cache=self.cache, feature_batch_size=feature_batch_size, **options, **class_kwargs,

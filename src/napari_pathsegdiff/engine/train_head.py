@@ -1,7 +1,11 @@
 """Train (or fine-tune) a segmentation head on dense masks or sparse labels, from cached features.
 
-Features are computed once per tile through the cache; training then touches no backbone. It
-runs on small *windows* (about ``window`` pixels a side, on the head's trunk grid) around
+Two steps, whatever the head: :func:`gather_labelled_tiles` puts the labels on the analysis
+grid and reads the features of every tile holding a labelled pixel, once (through the cache);
+then the fit of the head's kind runs on them (:func:`fit_head`: :func:`fit_fcn` here, the
+forest's in :mod:`~napari_pathsegdiff.engine.fit_forest`). The rest of this note is the FCN's.
+
+Training then touches no backbone. The FCN trains on small *windows* (about ``window`` pixels a side, on the head's trunk grid) around
 labelled pixels rather than on whole tiles: each window's feature maps are cropped with one
 extra feature pixel per side and a margin of context, so that after the bilinear upsamplings
 and the 3x3 convolutions the scores at its labelled pixels equal those of a whole-tile

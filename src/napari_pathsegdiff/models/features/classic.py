@@ -52,12 +52,9 @@ class ClassicFeatures(FeatureExtractor):
         texture: bool = True,
         tile_size: int = 512,
     ):
-        if not 0 < sigma_min <= sigma_max:
-            raise ValueError(f"Need 0 < sigma_min <= sigma_max, got {sigma_min} and {sigma_max}.")
-        if num_sigma < 1:
-            raise ValueError(f"num_sigma must be at least 1, got {num_sigma}.")
-        if not (intensity or edges or texture):
-            raise ValueError("Classic features need at least one of intensity, edges, texture.")
+        from ..filter_bank import check_settings
+
+        check_settings(sigma_min, sigma_max, num_sigma, intensity, edges, texture)
         self.sigma_min, self.sigma_max, self.num_sigma = float(sigma_min), float(sigma_max), int(num_sigma)
         self.intensity, self.edges, self.texture = bool(intensity), bool(edges), bool(texture)
         self.tile_size = int(tile_size)

@@ -7,6 +7,7 @@ Adding a head kind is one module plus one :func:`register_head` call.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,13 @@ from typing import Any
 from ..strict_folder import CONFIG_FILE
 from .base import HeadError, json_default
 
-_BY_KIND: dict[str, type] = {}
-_BY_CLASS: dict[str, type] = {}
+#: Head kinds and the classes that read their folders, as ``"module:Class"`` until first used,
+#: so that listing the kinds (the command line's help) imports no torch.
+_BY_KIND: dict[str, str | type] = {
+    "fcn": "napari_pathsegdiff.models.heads.fcn:SegmentationHead",
+    "forest": "napari_pathsegdiff.models.heads.forest:ForestHead",
+}
+_BY_CLASS: dict[str, str | type] = {target.rsplit(":", 1)[1]: target for target in _BY_KIND.values()}
 
 
 def register_head(cls: type) -> type:
@@ -35,10 +41,16 @@ def head_kinds() -> tuple[str, ...]:
 
 def head_class(kind: str) -> type:
     """The class of a head kind; a :class:`ValueError` listing the kinds otherwise."""
-    try:
-        return _BY_KIND[kind]
-    except KeyError:
-        raise ValueError(f"Unknown head {kind!r}: use one of {', '.join(_BY_KIND)}.") from None
+    if kind not in _BY_KIND:
+        raise ValueError(f"Unknown head {kind!r}: use one of {', '.join(_BY_KIND)}.")
+    return _resolve(_BY_KIND[kind])
+
+
+def _resolve(target: str | type) -> type:
+    if isinstance(target, str):
+        module, name = target.split(":")
+        return getattr(importlib.import_module(module), name)
+    return target
 
 
 def load_head(folder: str | Path, *, extractor=None):
@@ -69,11 +81,10 @@ def load_head(folder: str | Path, *, extractor=None):
         name = json.loads(path.read_text()).get("_class_name")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
         raise HeadError(f"Head config {path} is not readable JSON: {exc}") from exc
-    cls = _BY_CLASS.get(name)
-    if cls is None:
+    if name not in _BY_CLASS:
         raise HeadError(f"{path} is not the config of a head (its class is {name!r}; known heads: "
-                        f"{', '.join(c.__name__ for c in _BY_CLASS.values())}).")
-    head = cls.read_folder(folder)
+                        f"{', '.join(_BY_CLASS)}).")
+    head = _resolve(_BY_CLASS[name]).read_folder(folder)
     if extractor is not None:
         head.check_compatible(extractor)
     return head
