@@ -33,7 +33,7 @@ import bench_backbone as bb  # noqa: E402 - the benchmark's splits, datasets and
 
 def train_one(spec, extractor, train, *, cache, head_steps):
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+    from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
 
     classes = sorted({int(c) for it in train for c in np.unique(it.mask)})
     names = [spec.class_names.get(c, f"class {c}") for c in classes]
@@ -44,7 +44,7 @@ def train_one(spec, extractor, train, *, cache, head_steps):
 
 def probabilities(head, extractor, item, *, cache, mpp):
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
 
     pred = drive(predict_region(item.slide, head=head, extractor=extractor, cache=cache, mpp=mpp,
                                 return_probabilities=True), show=False)

@@ -1,5 +1,5 @@
 """Benchmark of the annotate-and-retrain loop, with no GUI, through the engine calls the widget
-makes (:class:`napari_pathsegdiff.engine.annotation.AnnotationSession`).
+makes (:class:`napari_pathsegdiff.engine.session.annotation.AnnotationSession`).
 
 Usage::
 
@@ -114,7 +114,7 @@ def simulate(image, truth, *, mpp, shift, extractor, rounds, strokes, steps, see
     from napari_pathsegdiff.core.progress import drive
     from napari_pathsegdiff.core.region import Region
     from napari_pathsegdiff.core.slide import Slide
-    from napari_pathsegdiff.engine.annotation import AnnotationSession
+    from napari_pathsegdiff.engine.session.annotation import AnnotationSession
 
     rng = np.random.default_rng(seed)
     truth_ids = [int(k) for k in np.unique(truth) if shift or k != 0]
@@ -187,8 +187,8 @@ def run_timing(args, kinds) -> None:
     from napari_pathsegdiff.core.progress import drive
     from napari_pathsegdiff.core.region import Region
     from napari_pathsegdiff.core.slide import open_slide
-    from napari_pathsegdiff.engine.annotation import AnnotationSession
-    from napari_pathsegdiff.engine.class_presets import preset
+    from napari_pathsegdiff.engine.session.annotation import AnnotationSession
+    from napari_pathsegdiff.engine.session.class_presets import preset
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from make_demo_head import demo_labels

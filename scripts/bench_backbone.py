@@ -300,8 +300,8 @@ def run_dataset(spec: DatasetSpec, extractor, train, val, *, cache, head_steps, 
     """Heads on the label-efficiency subsets of ``train``, scored on ``val``."""
     from napari_pathsegdiff.core.metrics import evaluate
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.predict import predict_region
-    from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+    from napari_pathsegdiff.engine.inference.predict import predict_region
+    from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
 
     by_name = {it.name: it for it in train}
     subsets = label_subsets(by_name)
@@ -347,7 +347,7 @@ def speed_1024(extractor, slide) -> dict:
     from napari_pathsegdiff.core.feature_cache import FeatureCache
     from napari_pathsegdiff.core.progress import drive
     from napari_pathsegdiff.core.region import Region
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
     from napari_pathsegdiff.models.heads import new_head
 
     torch.manual_seed(SEED)
@@ -368,7 +368,7 @@ def head_settings() -> dict:
     """The engine's head-training defaults used for every row (read from ``train_head``), and the seed."""
     import inspect
 
-    from napari_pathsegdiff.engine.train_head import train_head
+    from napari_pathsegdiff.engine.training.train_head import train_head
 
     params = inspect.signature(train_head).parameters
     keys = ("hidden", "depth", "dropout", "lr", "window", "batch_size", "val_fraction", "patience")

@@ -33,7 +33,7 @@ import numpy as np
 
 
 def _run(sample, head, out, *, block, region, threads=None, workers=None, scheduler=None):
-    from napari_pathsegdiff.engine.slide_batch import segment_slides
+    from napari_pathsegdiff.engine.batch.slide_batch import segment_slides
 
     result = segment_slides([sample], head=head, out=out, block=block, region=region,
                             threads=threads, workers=workers, scheduler=scheduler)
@@ -54,8 +54,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from napari_pathsegdiff._sample_data import sample_slide_path
-    from napari_pathsegdiff.engine import block_worker
-    from napari_pathsegdiff.engine.dask_runner import BlockRunner
+    from napari_pathsegdiff.engine.batch import block_worker
+    from napari_pathsegdiff.engine.batch.dask_runner import BlockRunner
     from napari_pathsegdiff.engine.shipped_models import demo_head_folder
 
     sample, head = sample_slide_path(), demo_head_folder()

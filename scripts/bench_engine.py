@@ -78,7 +78,7 @@ def timed(work):
 def throughput(spec: str, slide) -> dict:
     from napari_pathsegdiff.core.feature_cache import FeatureCache
     from napari_pathsegdiff.core.region import Region
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
 
     ex = make_extractor(spec)
     head = random_head(ex)
@@ -115,8 +115,8 @@ def colour_classes(rgb: np.ndarray) -> np.ndarray:
 def retrain(spec: str, slide) -> dict:
     from napari_pathsegdiff.core.feature_cache import FeatureCache
     from napari_pathsegdiff.core.region import Region
-    from napari_pathsegdiff.engine.predict import predict_region
-    from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+    from napari_pathsegdiff.engine.inference.predict import predict_region
+    from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
 
     ex = make_extractor(spec)
     region = Region(0, 512, 512, 1024, 1024)
@@ -152,7 +152,7 @@ def _rss_mb(field: str) -> float:
 def memory_child(spec: str, cached: bool, image_path: str) -> None:
     """Predict the 4096x4096 image saved at ``image_path`` in this fresh process; print RSS as JSON."""
     from napari_pathsegdiff.core.feature_cache import FeatureCache
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
 
     image = np.load(image_path)
     ex = make_extractor(spec)

@@ -46,11 +46,11 @@ from napari_pathsegdiff.core.images import read_mask, read_rgb
 from napari_pathsegdiff.core.metrics import evaluate
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.splits import VALIDATION_SIZES, holdout_split
-from napari_pathsegdiff.engine.backbone_data import TilePool
-from napari_pathsegdiff.engine.generation import generate_pairs, style_pool
-from napari_pathsegdiff.engine.generator_training import make_settings, train_generator
-from napari_pathsegdiff.engine.predict import predict_image
-from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+from napari_pathsegdiff.engine.runs.backbone_data import TilePool
+from napari_pathsegdiff.engine.runs.generation import generate_pairs, style_pool
+from napari_pathsegdiff.engine.runs.generator_training import make_settings, train_generator
+from napari_pathsegdiff.engine.inference.predict import predict_image
+from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
 from napari_pathsegdiff.models.features import make_extractor
 from napari_pathsegdiff.models.generator import build_generator, load_generator
 
@@ -111,7 +111,7 @@ def backbone_from_run(run: Path):
     states = {s: json.loads((run / "checkpoints" / s / "state.json").read_text()) for s in ("guide", "vae")}
     if not states["vae"]["finished"] and float(bb.vae.config.scaling_factor) == 1.0:
         # an unfinished vae stage has no latent scale yet: one over the std of pool latents, as at its end
-        from napari_pathsegdiff.engine.backbone_data import load_pool
+        from napari_pathsegdiff.engine.runs.backbone_data import load_pool
 
         tiles = load_pool(sorted(run.glob("pool-*.npz"))[0]).tiles[:64]
         with torch.no_grad():
@@ -382,7 +382,7 @@ def main() -> None:
             last_gen = (gen, [read_mask(masks / n) for n in lab])
             pool = drive(style_pool([root / "images" / n for n in style_names], tile_size=args.style_size, mpp=gen.config.mpp,
                                     n_tiles=max(16, args.n_synthetic * 3), seed=args.seed), show=False)
-            from napari_pathsegdiff.engine.layouts import layout_tiles
+            from napari_pathsegdiff.engine.runs.layouts import layout_tiles
 
             lay = layout_tiles([(masks / n, read_mask(masks / n)) for n in lab], n=args.n_synthetic,
                                tile_size=args.tile, multiple=gen.size_multiple, seed=args.seed)

@@ -174,7 +174,7 @@ def train_classic_head(app, controller) -> None:
     from napari_pathsegdiff.core.label_store import ClassInfo
     from napari_pathsegdiff.core.progress import drive
     from napari_pathsegdiff.core.region import Region
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
     from napari_pathsegdiff.engine.shipped_models import demo_head_folder
     from napari_pathsegdiff.models.features import make_extractor
     from napari_pathsegdiff.models.heads import load_head

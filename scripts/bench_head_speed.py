@@ -43,9 +43,9 @@ def main(argv=None) -> int:
     from napari_pathsegdiff.core.progress import drive
     from napari_pathsegdiff.core.region import Region
     from napari_pathsegdiff.core.slide import open_slide
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
     from napari_pathsegdiff.engine.shipped_models import demo_head_folder
-    from napari_pathsegdiff.engine.train_head import TrainSample, fit_head, gather_labelled_tiles
+    from napari_pathsegdiff.engine.training.train_head import TrainSample, fit_head, gather_labelled_tiles
     from napari_pathsegdiff.models.features import make_extractor
     from napari_pathsegdiff.models.heads import load_head_and_extractor
 

@@ -99,7 +99,7 @@ def candidate_groups(names):
 def fit(labelled, head_kind: str, settings: dict, *, seeds: int):
     """Heads (one per seed) fitted on gathered tiles, and the mean fit time in seconds."""
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.train_head import fit_head
+    from napari_pathsegdiff.engine.training.train_head import fit_head
 
     heads, seconds = [], []
     for seed in range(seeds):
@@ -114,7 +114,7 @@ def fit(labelled, head_kind: str, settings: dict, *, seeds: int):
 def predict(item, heads, extractor, *, cache, mpp, tta: int):
     """Labels of one validation item (probabilities averaged over the heads) and the seconds."""
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
 
     t0 = time.perf_counter()
     total = None
@@ -133,7 +133,7 @@ def run_feature(spec, features: str, names: list[str], train, val, *, subsets, s
     from napari_pathsegdiff.core.feature_cache import FeatureCache
     from napari_pathsegdiff.core.metrics import evaluate
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.train_head import TrainSample, gather_labelled_tiles
+    from napari_pathsegdiff.engine.training.train_head import TrainSample, gather_labelled_tiles
     from napari_pathsegdiff.models.features import make_extractor
 
     todo = [(n, k) for k in subsets for n in names if k not in state.get(n, {}).get(spec.key, {})]
@@ -189,8 +189,8 @@ def run_auto(spec, train, val, *, subsets, state, save, log, budget_s: float):
     from napari_pathsegdiff.core.feature_cache import FeatureCache
     from napari_pathsegdiff.core.metrics import evaluate
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.auto_select import auto_train
-    from napari_pathsegdiff.engine.train_head import TrainSample
+    from napari_pathsegdiff.engine.training.auto_select import auto_train
+    from napari_pathsegdiff.engine.training.train_head import TrainSample
     from napari_pathsegdiff.models.features import make_extractor
 
     by_name = {it.name: it for it in train}

@@ -98,8 +98,8 @@ def child_run(config: dict) -> dict:
     """Segment ``config['region']`` of a slide; peak RSS of the client and of each worker."""
     import logging
 
-    from napari_pathsegdiff.engine import block_worker
-    from napari_pathsegdiff.engine.slide_batch import segment_slides
+    from napari_pathsegdiff.engine.batch import block_worker
+    from napari_pathsegdiff.engine.batch.slide_batch import segment_slides
 
     head, workers = config["head"], config["workers"]
     warm = dict(head_identity=block_worker.head_identity(head), device="cpu")
@@ -151,9 +151,9 @@ def child_split(config: dict) -> dict:
 
     from napari_pathsegdiff.core.region import Region
     from napari_pathsegdiff.core.slide import open_slide
-    from napari_pathsegdiff.engine import block_worker
-    from napari_pathsegdiff.engine.block_plan import plan_blocks
-    from napari_pathsegdiff.engine.tile_features import make_grid
+    from napari_pathsegdiff.engine.batch import block_worker
+    from napari_pathsegdiff.engine.batch.block_plan import plan_blocks
+    from napari_pathsegdiff.engine.inference.tile_features import make_grid
 
     head_dir = config["head"]
     head, extractor = block_worker.worker_models(

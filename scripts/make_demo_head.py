@@ -19,7 +19,7 @@ The labels (class ids 1 background, 2 stroma, 3 nuclei-rich tissue; 0 unlabelled
 4. borders: pixels within ``BORDER_UM`` µm of another class are left unlabelled, so the head
    learns from confident pixels only.
 
-The head is trained with :func:`napari_pathsegdiff.engine.train_head.train_head` on these
+The head is trained with :func:`napari_pathsegdiff.engine.training.train_head.train_head` on these
 sparse labels (10 % of the windows held out for validation, early stopping), and written to
 ``--out`` with ``CARD.md`` (this recipe, its numbers and the training record) and
 ``training.json``. The shipped head (the default ``--out``) must be trained on the default
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     from napari_pathsegdiff.core.progress import drive
     from napari_pathsegdiff.core.region import Region
     from napari_pathsegdiff.core.slide import open_slide
-    from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+    from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
     from napari_pathsegdiff.models.features import make_extractor
     from napari_pathsegdiff.models.heads import save_head
 

@@ -131,8 +131,8 @@ def score_setting(spec, extractor, train, val, *, head_steps) -> dict:
     """Head on all training images, pooled Dice / IoU on the validation images."""
     from napari_pathsegdiff.core.metrics import evaluate
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.predict import predict_region
-    from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+    from napari_pathsegdiff.engine.inference.predict import predict_region
+    from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
 
     classes = sorted({int(c) for it in train for c in np.unique(it.mask)})
     samples = [TrainSample(it.slide, it.mask, name=it.name, mpp=spec.mpp) for it in train]

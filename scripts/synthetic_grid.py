@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     from napari_pathsegdiff.core.images import IMAGE_SUFFIXES, read_mask
     from napari_pathsegdiff.core.progress import drive
-    from napari_pathsegdiff.engine.generation import style_pool
+    from napari_pathsegdiff.engine.runs.generation import style_pool
     from napari_pathsegdiff.models.backbone import load_backbone
     from napari_pathsegdiff.models.generator import load_generator
 

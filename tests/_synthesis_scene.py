@@ -11,7 +11,7 @@ from _annotation_scene import CLASSES, paint_strokes, write_scene
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.core.slide import open_slide
-from napari_pathsegdiff.engine.annotation import AnnotationSession
+from napari_pathsegdiff.engine.session.annotation import AnnotationSession
 from napari_pathsegdiff.models.backbone import build_random_backbone
 from napari_pathsegdiff.models.features import RGBFeatures
 from napari_pathsegdiff.models.generator import build_generator, save_generator

@@ -15,10 +15,10 @@ from napari_pathsegdiff.core.label_store import ClassInfo, LabelStore
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.core.slide import Slide, open_slide
-from napari_pathsegdiff.engine.annotation import AnnotationError, AnnotationSession, store_ids_for
-from napari_pathsegdiff.engine.annotation_export import export_labels
-from napari_pathsegdiff.engine.label_window import PREDICTED, EditWindow, class_ids, display_values
-from napari_pathsegdiff.engine.session_folder import (
+from napari_pathsegdiff.engine.session.annotation import AnnotationError, AnnotationSession, store_ids_for
+from napari_pathsegdiff.engine.session.annotation_export import export_labels
+from napari_pathsegdiff.engine.session.label_window import PREDICTED, EditWindow, class_ids, display_values
+from napari_pathsegdiff.engine.session.session_folder import (
     HEAD,
     LABELS,
     PREVIOUS_HEAD,
@@ -102,7 +102,7 @@ def test_session_folder_is_beside_the_slide_or_in_the_user_cache(slide, rgb, tmp
 
 
 def test_read_only_slide_folder_falls_back_to_the_user_cache(slide, tmp_path, monkeypatch):
-    from napari_pathsegdiff.engine import session_folder
+    from napari_pathsegdiff.engine.session import session_folder
 
     writable = []
     # the permission check itself (root may write into read-only folders, so ask os.access)
@@ -113,7 +113,7 @@ def test_read_only_slide_folder_falls_back_to_the_user_cache(slide, tmp_path, mo
 
 
 def test_an_existing_session_is_found_again_wherever_it_was_made(slide, rgb, tmp_path, monkeypatch):
-    from napari_pathsegdiff.engine import session_folder
+    from napari_pathsegdiff.engine.session import session_folder
 
     monkeypatch.setattr(session_folder.os, "access", lambda p, mode: False)
     root = tmp_path / "cache"
@@ -278,7 +278,7 @@ def test_a_head_for_other_features_is_refused_with_the_reason(trained, tmp_path)
 
 
 def test_a_head_with_class_zero_is_shown_with_ids_shifted_by_one(slide, rgb, tmp_path):
-    from napari_pathsegdiff.engine.train_head import train_head
+    from napari_pathsegdiff.engine.training.train_head import train_head
 
     image = np.asarray(slide.levels[1])
     mask = (truth_level1() >= 2).astype(np.uint8)  # 0 background, 1 tissue

@@ -12,14 +12,14 @@ import torch
 
 from napari_pathsegdiff.cli import main
 from napari_pathsegdiff.core.progress import drive
-from napari_pathsegdiff.engine import augment
-from napari_pathsegdiff.engine.backbone_data import (
+from napari_pathsegdiff.engine.runs import augment
+from napari_pathsegdiff.engine.runs.backbone_data import (
     batch_indices,
     build_pool,
     find_sources,
     parse_mpp_map,
 )
-from napari_pathsegdiff.engine.backbone_training import export_backbone, make_settings, train_backbone
+from napari_pathsegdiff.engine.runs.backbone_training import export_backbone, make_settings, train_backbone
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from napari_pathsegdiff.core.feature_cache import FeatureCache, feature_key
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
-from napari_pathsegdiff.engine.predict import predict_region
+from napari_pathsegdiff.engine.inference.predict import predict_region
 from napari_pathsegdiff.models.features import RGBFeatures
 from napari_pathsegdiff.models.heads import new_head
 

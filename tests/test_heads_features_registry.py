@@ -12,9 +12,9 @@ from PIL import Image
 
 from napari_pathsegdiff.cli import build_parser, main
 from napari_pathsegdiff.core.progress import drive
-from napari_pathsegdiff.engine.auto_select import Candidate, auto_train
-from napari_pathsegdiff.engine.predict import predict_image
-from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+from napari_pathsegdiff.engine.training.auto_select import Candidate, auto_train
+from napari_pathsegdiff.engine.inference.predict import predict_image
+from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
 from napari_pathsegdiff.models.features import (
     RGBFeatures,
     make_extractor,

@@ -105,7 +105,7 @@ import sys, time
 import numpy as np
 from napari_pathsegdiff.core.label_store import ClassInfo
 from napari_pathsegdiff.core.slide import Slide
-from napari_pathsegdiff.engine.annotation import AnnotationSession
+from napari_pathsegdiff.engine.session.annotation import AnnotationSession
 
 slide = Slide.from_array(np.full((256, 256, 3), 200, np.uint8), mpp=0.5, identity="locked-slide")
 session = AnnotationSession.open(slide, folder=sys.argv[1], classes=[ClassInfo(1, "a", "#ff0000")])
@@ -123,7 +123,7 @@ def _slide():
 
 def test_a_session_folder_open_in_another_process_is_refused(tmp_path):
     from napari_pathsegdiff.core.label_store import ClassInfo
-    from napari_pathsegdiff.engine.annotation import AnnotationSession
+    from napari_pathsegdiff.engine.session.annotation import AnnotationSession
 
     folder = tmp_path / "slide.tif.pathsegdiff"
     child = _start(_SESSION_CHILD, folder)
@@ -147,7 +147,7 @@ _KILLED_SAVE = """
 import os, signal, sys
 from pathlib import Path
 from napari_pathsegdiff.core import atomic
-from napari_pathsegdiff.engine.session_folder import HEAD
+from napari_pathsegdiff.engine.session.session_folder import HEAD
 
 dest = Path(sys.argv[1]) / HEAD
 real = os.rename
@@ -167,8 +167,8 @@ atomic.replace_folder(dest, lambda tmp: (tmp / "config.json").write_text("{}"))
 def test_a_head_save_killed_between_the_renames_is_repaired_on_open(tmp_path):
     from napari_pathsegdiff.core.atomic import leftovers
     from napari_pathsegdiff.core.label_store import ClassInfo
-    from napari_pathsegdiff.engine.annotation import AnnotationSession
-    from napari_pathsegdiff.engine.session_folder import HEAD, save_session_head
+    from napari_pathsegdiff.engine.session.annotation import AnnotationSession
+    from napari_pathsegdiff.engine.session.session_folder import HEAD, save_session_head
     from napari_pathsegdiff.models.features import RGBFeatures
     from napari_pathsegdiff.models.heads import load_head, new_head
 
@@ -202,7 +202,7 @@ def test_a_head_save_killed_between_the_renames_is_repaired_on_open(tmp_path):
 
 
 def test_retire_keeps_the_head_as_previous_and_leaves_no_leftovers(tmp_path):
-    from napari_pathsegdiff.engine.session_folder import HEAD, PREVIOUS_HEAD, retire_session_head
+    from napari_pathsegdiff.engine.session.session_folder import HEAD, PREVIOUS_HEAD, retire_session_head
 
     folder = tmp_path / "session"
     (folder / HEAD).mkdir(parents=True)
@@ -214,7 +214,7 @@ def test_retire_keeps_the_head_as_previous_and_leaves_no_leftovers(tmp_path):
 
 
 def test_a_session_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
-    from napari_pathsegdiff.engine.session_folder import lock_session_folder
+    from napari_pathsegdiff.engine.session.session_folder import lock_session_folder
 
     def read_only(path, flags, mode=0o777):
         raise PermissionError(13, "Permission denied", str(path))

@@ -55,7 +55,7 @@ def test_drive_writes_lines_not_bars_when_stderr_is_a_file(capsys):
 
 
 def test_block_runner_logs_lines_when_stdout_is_not_a_terminal(capsys):
-    from napari_pathsegdiff.engine.dask_runner import BlockRunner
+    from napari_pathsegdiff.engine.batch.dask_runner import BlockRunner
 
     tasks = [dask.delayed(lambda x: x * 2, pure=False)(i) for i in range(3)]
     with BlockRunner(threads=2, show_progress=True) as runner:

@@ -13,9 +13,9 @@ from napari_pathsegdiff.core.images import read_mask
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.core.slide import open_slide
-from napari_pathsegdiff.engine.annotation import AnnotationError, AnnotationSession
-from napari_pathsegdiff.engine.session_folder import HEAD
-from napari_pathsegdiff.engine.session_synthesis import (
+from napari_pathsegdiff.engine.session.annotation import AnnotationError, AnnotationSession
+from napari_pathsegdiff.engine.session.session_folder import HEAD
+from napari_pathsegdiff.engine.session.session_synthesis import (
     SYNTHETIC,
     analysis_side,
     corrected_layouts,

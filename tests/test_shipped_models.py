@@ -17,7 +17,7 @@ import torch
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.core.slide import open_slide
-from napari_pathsegdiff.engine.predict import predict_region
+from napari_pathsegdiff.engine.inference.predict import predict_region
 from napari_pathsegdiff.engine.shipped_models import default_backbone_installed, demo_head_folder
 from napari_pathsegdiff.models.backbone import backbone_identity, default_backbone_folder, load_backbone
 from napari_pathsegdiff.models.features import build_extractor, make_extractor

@@ -27,11 +27,11 @@ from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.core.slide import open_slide
 from napari_pathsegdiff.core.tissue import tissue_mask
-from napari_pathsegdiff.engine import block_worker
-from napari_pathsegdiff.engine.dask_runner import BlockRunner
-from napari_pathsegdiff.engine.predict import predict_region
-from napari_pathsegdiff.engine.slide_batch import segment_slides
-from napari_pathsegdiff.engine.train_head import TrainSample, train_head
+from napari_pathsegdiff.engine.batch import block_worker
+from napari_pathsegdiff.engine.batch.dask_runner import BlockRunner
+from napari_pathsegdiff.engine.inference.predict import predict_region
+from napari_pathsegdiff.engine.batch.slide_batch import segment_slides
+from napari_pathsegdiff.engine.training.train_head import TrainSample, train_head
 from napari_pathsegdiff.models.features import RGBFeatures, build_extractor
 from napari_pathsegdiff.models.heads import load_head, save_head
 
@@ -358,7 +358,7 @@ def test_user_errors_stop_the_batch_with_one_clear_line(sample, head_dir, tmp_pa
 
 
 def test_block_plan_is_chunk_aligned_and_cut_at_the_edges():
-    from napari_pathsegdiff.engine.block_plan import plan_blocks
+    from napari_pathsegdiff.engine.batch.block_plan import plan_blocks
 
     blocks = plan_blocks((600, 1000), level=2, block=256)
     assert [b.key for b in blocks][:4] == ["r0-c0", "r0-c1", "r0-c2", "r0-c3"] and len(blocks) == 3 * 4
@@ -372,7 +372,7 @@ def test_block_plan_is_chunk_aligned_and_cut_at_the_edges():
 # --- one writer per --out, atomic outputs, the same result whatever the layout -------------------
 def test_a_run_holds_the_lock_of_its_out_folder(sample, head_dir, tmp_path):
     from napari_pathsegdiff.core.locks import FolderInUse, FolderLock
-    from napari_pathsegdiff.engine.slide_batch import OUT_LOCK
+    from napari_pathsegdiff.engine.batch.slide_batch import OUT_LOCK
 
     refused = []
 
@@ -420,7 +420,7 @@ def test_a_second_run_into_the_same_out_is_refused_and_a_killed_ones_lock_is_tak
 _KILL_WHILE_WRITING = """
 import os, signal, sys
 from pathlib import Path
-from napari_pathsegdiff.engine import slide_outputs
+from napari_pathsegdiff.engine.batch import slide_outputs
 
 folder, which = Path(sys.argv[1]), sys.argv[2]
 real_tiff, real_zarr = slide_outputs.write_labels_ome_tiff, slide_outputs.write_labels_ome_zarr
@@ -449,7 +449,7 @@ def test_a_kill_while_writing_outputs_leaves_no_partial_file(reference, tmp_path
     import shutil
 
     from napari_pathsegdiff.core.atomic import leftovers
-    from napari_pathsegdiff.engine.slide_outputs import OME_TIFF, OME_ZARR, write_slide_outputs
+    from napari_pathsegdiff.engine.batch.slide_outputs import OME_TIFF, OME_ZARR, write_slide_outputs
 
     folder = tmp_path / "slide"
     shutil.copytree(reference["out"] / reference["name"], folder)

@@ -11,8 +11,8 @@ import pytest
 from _synthesis_scene import TILE, corrected_session, tiny_backbone_folder, tiny_generator, write_scene
 
 from napari_pathsegdiff.core.images import read_mask, read_rgb
-from napari_pathsegdiff.engine.session_folder import HEAD
-from napari_pathsegdiff.engine.session_synthesis import CPU_SECONDS_PER_STEP, GENERATORS, SYNTHETIC, WIDGET_SETTINGS
+from napari_pathsegdiff.engine.session.session_folder import HEAD
+from napari_pathsegdiff.engine.session.session_synthesis import CPU_SECONDS_PER_STEP, GENERATORS, SYNTHETIC, WIDGET_SETTINGS
 
 pytestmark = pytest.mark.gui
 

@@ -10,7 +10,7 @@ from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.region import Region
 from napari_pathsegdiff.core.slide import Slide
 from napari_pathsegdiff.core.tiling import Box, Stitcher, TileGrid
-from napari_pathsegdiff.engine.predict import predict_region
+from napari_pathsegdiff.engine.inference.predict import predict_region
 from napari_pathsegdiff.models.features import ClassicFeatures, RGBFeatures
 from napari_pathsegdiff.models.heads import new_head
 
@@ -135,7 +135,7 @@ def test_seamless_tiny_diffusion_backbone():
 
 
 def test_uncertainty_from_probabilities():
-    from napari_pathsegdiff.engine.predict import uncertainty
+    from napari_pathsegdiff.engine.inference.predict import uncertainty
 
     p = np.array([[[1.0, 0.5, 0.7]], [[0.0, 0.5, 0.3]]], np.float16)  # (C=2, 1, 3)
     ent = uncertainty(p)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from napari_pathsegdiff.core.label_store import LabelStore
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.core.slide import open_slide
-from napari_pathsegdiff.engine.annotation import AnnotationSession
-from napari_pathsegdiff.engine.session_folder import HEAD, LABELS
+from napari_pathsegdiff.engine.session.annotation import AnnotationSession
+from napari_pathsegdiff.engine.session.session_folder import HEAD, LABELS
 from napari_pathsegdiff.models.features import ClassicFeatures, RGBFeatures
 from napari_pathsegdiff.models.heads import WEIGHTS_FILE, save_head
 
@@ -246,7 +246,7 @@ def test_segment_view_with_the_shipped_head_on_the_sample_slide(make_napari_view
     assert (overview[~inside] == 0).all()
     assert set(np.unique(overview[inside])) == {1, 2, 3}
     # exactly what the engine predicts for that region with the shipped head and default features
-    from napari_pathsegdiff.engine.predict import predict_region
+    from napari_pathsegdiff.engine.inference.predict import predict_region
 
     direct = drive(predict_region(session.slide, result.region, head=shipped, extractor=session.extractor), show=False)
     np.testing.assert_array_equal(overview[y0:y1, x0:x1], np.asarray(direct.labels))

@@ -11,7 +11,7 @@ from _synthetic_slides import write_pyramid
 from test_widget import WAIT_MS, _dock, _export, _open, _rgb, _segment, scene_head  # noqa: F401 - fixture
 
 from napari_pathsegdiff.core.label_store import LabelStore
-from napari_pathsegdiff.engine.session_folder import LABELS
+from napari_pathsegdiff.engine.session.session_folder import LABELS
 
 pytestmark = pytest.mark.gui
 

@@ -137,7 +137,7 @@ def test_the_overview_shows_what_was_just_segmented(make_napari_viewer, qtbot, s
     # a session with a head but nothing segmented: the overview is first drawn empty
     folder = _restored_session(scene, tmp_path)
     from napari_pathsegdiff.core.label_store import LabelStore
-    from napari_pathsegdiff.engine.session_folder import LABELS
+    from napari_pathsegdiff.engine.session.session_folder import LABELS
 
     store = LabelStore.open(folder / LABELS)
     assert not store.read(0, 0, *store.shape, which="prediction").any()

@@ -10,8 +10,8 @@ from test_widget import (  # noqa: F401 - scene and scene_head are fixtures
     PLUGIN, WAIT_MS, _dock, _look_at, _open, _rgb, _segment, _train, scene, scene_head)
 
 from napari_pathsegdiff.core.label_store import LabelStore
-from napari_pathsegdiff.engine.label_window import PREDICTED
-from napari_pathsegdiff.engine.session_folder import LABELS
+from napari_pathsegdiff.engine.session.label_window import PREDICTED
+from napari_pathsegdiff.engine.session.session_folder import LABELS
 
 pytestmark = pytest.mark.gui
 

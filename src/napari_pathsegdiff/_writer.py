@@ -70,7 +70,7 @@ def _level0(data: Any, meta: dict) -> Any:
     """Full-resolution class ids of a (possibly multiscale) Labels layer."""
     data = data[0] if isinstance(data, (list, tuple)) else data
     if (meta.get("metadata") or {}).get("predicted_offset"):
-        from .engine.label_window import class_ids
+        from .engine.session.label_window import class_ids
 
         return class_ids(data)
     return data

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.label_store import ClassInfo
-from ..engine.class_presets import PRESETS, next_class, preset
+from ..engine.session.class_presets import PRESETS, next_class, preset
 from ._controller import AnnotationController
 
 

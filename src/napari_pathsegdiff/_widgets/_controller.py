@@ -55,7 +55,7 @@ class AnnotationController(QObject):
         ``(section, text)``: a message for a section ("model", "classes", "segment", "train",
         "synthesize", "export"); errors start with "Error: " or name the problem.
     segmented(object)
-        A :class:`~napari_pathsegdiff.engine.annotation.SegmentResult` is on screen.
+        A :class:`~napari_pathsegdiff.engine.session.annotation.SegmentResult` is on screen.
     train_progress(object)
         A :class:`~napari_pathsegdiff.core.progress.Progress` of the training.
     train_finished(object)
@@ -170,7 +170,7 @@ class AnnotationController(QObject):
         self.image_layer = layer
         if layer is None:
             return
-        from ..engine.session_folder import existing_session_folder
+        from ..engine.session.session_folder import existing_session_folder
 
         meta = layer.metadata
         existing = existing_session_folder(meta.get("slide_path"), meta.get("slide_identity", ""),
@@ -415,7 +415,7 @@ class AnnotationController(QObject):
         self._start("segment", make, description="Segmenting the view", section="segment", on_done=done)
 
     def _empty_window(self, region) -> None:
-        from ..engine.annotation import MAX_SEGMENT_PIXELS
+        from ..engine.session.annotation import MAX_SEGMENT_PIXELS
 
         try:
             window = self.session.to_store_region(region)
@@ -500,7 +500,7 @@ class AnnotationController(QObject):
         def make():
             synthetic = []
             if include:
-                from ..engine.session_synthesis import synthetic_samples
+                from ..engine.session.session_synthesis import synthetic_samples
 
                 synthetic = synthetic_samples(session)
             return session.train_on_edits(steps=steps, synthetic=synthetic, auto=True)
@@ -553,7 +553,7 @@ class AnnotationController(QObject):
         session = self.session
 
         def make():
-            from ..engine.annotation_export import export_labels
+            from ..engine.session.annotation_export import export_labels
 
             return _as_work(export_labels, session, path)
 

@@ -9,7 +9,7 @@ analysis level would be loaded whole into memory. So the session is shown with:
 - **labels (edit window)**: an editable single-scale Labels layer over the window last
   segmented (at most ``MAX_SEGMENT_PIXELS``); brush, fill, polygon, eraser, undo and redo act
   on it, and every change is written to the store's edits at once
-  (:class:`~napari_pathsegdiff.engine.label_window.EditWindow`). What a tool touched comes from
+  (:class:`~napari_pathsegdiff.engine.session.label_window.EditWindow`). What a tool touched comes from
   the layer's ``paint`` events, so a stroke of the class the model already predicts is an edit
   too: the layer shows predicted, unpainted pixels as ``PREDICTED + class`` (the class colour,
   paler, named "<class> (predicted)" in the status bar), so napari sees such a stroke as a
@@ -29,7 +29,7 @@ import numpy as np
 from ..core.label_store import ClassInfo
 from ..core.ome_writer import label_pyramid
 from ..core.region import Region
-from ..engine.label_window import PREDICTED, EditWindow
+from ..engine.session.label_window import PREDICTED, EditWindow
 
 OVERVIEW = "labels (overview)"
 WINDOW = "labels (edit window)"
@@ -47,7 +47,7 @@ class LabelLayers:
     viewer : napari.Viewer
         The viewer.
     on_edit : callable, optional
-        Called with each :class:`~napari_pathsegdiff.engine.label_window.WindowChange`
+        Called with each :class:`~napari_pathsegdiff.engine.session.label_window.WindowChange`
         recorded from the edit window.
     on_refused : callable, optional
         Called with a message when a stroke was not recorded (a value that is no class id);
@@ -278,7 +278,7 @@ class LabelLayers:
 
 def touched_pixels(atoms, shape: tuple[int, int]):
     """The pixels a napari ``paint`` event says were painted, as ``(box, touched, values)`` for
-    :meth:`~napari_pathsegdiff.engine.label_window.EditWindow.record_paint`, or None.
+    :meth:`~napari_pathsegdiff.engine.session.label_window.EditWindow.record_paint`, or None.
 
     ``atoms`` is the event's ``value``: napari's history atoms, applied in order. A mask edit
     (brush, fill, polygon) has ``slice_key``, ``mask`` (None: the whole box) and ``new_value``;

@@ -14,9 +14,9 @@ def open_session_work(path, *, folder, root, extractor, remember: bool = False):
     user picked it (``remember``)."""
     from ..core.progress import Progress
     from ..core.slide import open_slide
-    from ..engine.annotation import AnnotationSession
-    from ..engine.class_presets import preset
-    from ..engine.session_folder import HEAD, session_folder_for
+    from ..engine.session.annotation import AnnotationSession
+    from ..engine.session.class_presets import preset
+    from ..engine.session.session_folder import HEAD, session_folder_for
     from ..engine.shipped_models import default_backbone_installed, demo_head_folder
 
     yield Progress("open", 0, 1, "opening the slide")
@@ -33,7 +33,7 @@ def open_session_work(path, *, folder, root, extractor, remember: bool = False):
     session = AnnotationSession.open(slide, folder=folder, extractor=extractor, head=head,
                                      classes=None if head is not None else _initial_classes(folder, preset))
     if remember:
-        from ..engine.session_folder import remember_folder
+        from ..engine.session.session_folder import remember_folder
 
         remember_folder(slide.identity, folder, root=root)
     if session.extractor is None:
@@ -45,7 +45,7 @@ def open_session_work(path, *, folder, root, extractor, remember: bool = False):
 
 def _initial_classes(folder: Path, preset):
     """The *tissue* preset for a new store; None keeps the classes of an existing one."""
-    from ..engine.session_folder import LABELS
+    from ..engine.session.session_folder import LABELS
 
     return None if (folder / LABELS).exists() else preset("tissue")
 

@@ -3,7 +3,7 @@ and those tiles as extra training samples of the next "Train on my edits".
 
 No generator ships with the plugin: open a generator folder (``pathsegdiff generator train``),
 or train one here on the regions you segmented and corrected. The work runs in the engine
-(:mod:`~napari_pathsegdiff.engine.session_synthesis`); this module only holds the controls.
+(:mod:`~napari_pathsegdiff.engine.session.session_synthesis`); this module only holds the controls.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class SynthesizeSection(QWidget):
         A generator folder is in use (after Open or Train), or None when that failed or was
         cancelled.
     generated(object)
-        A :class:`~napari_pathsegdiff.engine.session_synthesis.GeneratedSet`, or None.
+        A :class:`~napari_pathsegdiff.engine.session.session_synthesis.GeneratedSet`, or None.
 
     Attributes
     ----------
@@ -67,7 +67,7 @@ class SynthesizeSection(QWidget):
 
     def __init__(self, controller: AnnotationController, parent=None):
         super().__init__(parent)
-        from ..engine.session_synthesis import WIDGET_SETTINGS
+        from ..engine.session.session_synthesis import WIDGET_SETTINGS
 
         self.controller = controller
         self.generator_folder: Path | None = None
@@ -135,7 +135,7 @@ class SynthesizeSection(QWidget):
     # --- text -----------------------------------------------------------------------------------
     def time_text(self) -> str:
         """The expected duration of "Train a generator on my labels" on a 2-core CPU."""
-        from ..engine.session_synthesis import CPU_SECONDS_PER_STEP
+        from ..engine.session.session_synthesis import CPU_SECONDS_PER_STEP
 
         steps = int(self.training_settings.get("steps", 0))
         minutes = max(1, round(steps * CPU_SECONDS_PER_STEP / 60))
@@ -157,8 +157,8 @@ class SynthesizeSection(QWidget):
         session, folder = c.session, Path(folder)
 
         def make():
-            from ..engine.annotation import AnnotationError
-            from ..engine.session_synthesis import analysis_side, check_generator_classes, corrected_layouts
+            from ..engine.session.annotation import AnnotationError
+            from ..engine.session.session_synthesis import analysis_side, check_generator_classes, corrected_layouts
             from ..models.generator import load_generator
 
             yield from ()
@@ -193,8 +193,8 @@ class SynthesizeSection(QWidget):
         style = self._slide_paths()
 
         def make():
-            from ..engine.generator_training import make_settings
-            from ..engine.session_synthesis import session_backbone, train_session_generator
+            from ..engine.runs.generator_training import make_settings
+            from ..engine.session.session_synthesis import session_backbone, train_session_generator
 
             yield from ()
             backbone = session_backbone(session.extractor, spec)
@@ -241,7 +241,7 @@ class SynthesizeSection(QWidget):
 
         def make():
             from ..core.slide import open_slide
-            from ..engine.session_synthesis import generate_session_pairs
+            from ..engine.session.session_synthesis import generate_session_pairs
 
             yield from ()
             opened = []
@@ -284,7 +284,7 @@ class SynthesizeSection(QWidget):
         """Show the tiles as one grid Image layer and their masks as a Labels layer over it."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        from ..engine.session_synthesis import mosaic
+        from ..engine.session.session_synthesis import mosaic
 
         c = self.controller
         images, masks = mosaic(generated.images, fill=255), mosaic(generated.masks, fill=0)
@@ -339,7 +339,7 @@ class SynthesizeSection(QWidget):
         session = self.controller.session
         if session is None:
             return
-        from ..engine.session_synthesis import latest_session_generator
+        from ..engine.session.session_synthesis import latest_session_generator
 
         latest = latest_session_generator(session.folder)
         if latest is not None:

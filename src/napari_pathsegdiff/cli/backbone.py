@@ -102,8 +102,8 @@ def _train(args: argparse.Namespace) -> int:
     import sys
 
     from ..core.progress import drive
-    from ..engine.backbone_data import parse_mpp_map
-    from ..engine.backbone_training import make_settings, train_backbone
+    from ..engine.runs.backbone_data import parse_mpp_map
+    from ..engine.runs.backbone_training import make_settings, train_backbone
     from . import set_threads
 
     set_threads(args.threads)
@@ -155,7 +155,7 @@ def _log_line(rec) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..engine.backbone_training import export_backbone
+    from ..engine.runs.backbone_training import export_backbone
 
     folder = export_backbone(args.run, args.out, dtype=args.dtype, timesteps=args.timesteps, blocks=args.blocks)
     print(f"backbone written to {folder}")

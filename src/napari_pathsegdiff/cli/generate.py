@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..core.progress import drive
-    from ..engine.generation import generate_pairs, style_pool
-    from ..engine.layouts import LayoutSampler, layout_tiles, read_layout_masks
+    from ..engine.runs.generation import generate_pairs, style_pool
+    from ..engine.runs.layouts import LayoutSampler, layout_tiles, read_layout_masks
     from ..models.generator import generator_identity, load_generator
     from . import UserError
     from . import set_threads

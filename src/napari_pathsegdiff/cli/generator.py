@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
     import sys
 
     from ..core.progress import drive
-    from ..engine.generator_training import make_settings, train_generator
+    from ..engine.runs.generator_training import make_settings, train_generator
     from ..models.backbone import load_backbone
     from . import UserError, set_threads
 
@@ -122,7 +122,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..engine.generator_training import export_generator
+    from ..engine.runs.generator_training import export_generator
 
     print(f"generator written to {export_generator(args.run, args.out)}")
     return 0

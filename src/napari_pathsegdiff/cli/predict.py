@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.images import IMAGE_SUFFIXES, file_stem, read_rgb, write_labels
     from ..core.progress import drive
     from ..core.region import Region
-    from ..engine.predict import predict_region
+    from ..engine.inference.predict import predict_region
     from ..models.features import feature_kind
     from ..models.heads import load_head, load_head_and_extractor
     from . import UserError

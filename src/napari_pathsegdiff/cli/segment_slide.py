@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.slide_batch import segment_slides
+    from ..engine.batch.slide_batch import segment_slides
     from . import UserError
 
     level = None

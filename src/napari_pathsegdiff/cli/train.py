@@ -96,7 +96,7 @@ def _feature_kind(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
     from ..core.progress import drive
-    from ..engine.train_head import TrainSample, train_head
+    from ..engine.training.train_head import TrainSample, train_head
     from ..models.features import feature_kind
     from ..models.heads import save_head
     from . import UserError
@@ -176,7 +176,7 @@ def _changed_fcn_options(args) -> dict:
     """The FCN settings given on the command line that differ from the fit's defaults."""
     import inspect
 
-    from ..engine.train_head import fit_fcn
+    from ..engine.training.train_head import fit_fcn
 
     defaults = {k: p.default for k, p in inspect.signature(fit_fcn).parameters.items()}
     return {k: v for k, v in _fcn_options(args).items() if v != defaults.get(k)}
@@ -194,7 +194,7 @@ def _extractor(args, features: str):
 def _fine_tune(args, samples, common):
     """Fine-tune the --init head (its features; --backbone may move them)."""
     from ..core.progress import drive
-    from ..engine.train_head import train_head
+    from ..engine.training.train_head import train_head
     from ..models.features import feature_kind
     from ..models.heads import load_head, load_head_and_extractor
     from . import UserError
@@ -217,7 +217,7 @@ def _fine_tune(args, samples, common):
 def _auto(args, samples, common):
     """Candidates from --features/--head (auto where not given), scored and trained."""
     from ..core.progress import drive
-    from ..engine.auto_select import CLI_BUDGET_S, DEFAULT_CANDIDATES, Candidate, auto_train
+    from ..engine.training.auto_select import CLI_BUDGET_S, DEFAULT_CANDIDATES, Candidate, auto_train
     from ..models.heads import head_kinds
 
     features, head = args.features or "auto", args.head_kind or "auto"
@@ -238,8 +238,8 @@ def _synthetic_samples(folder, weight: float) -> list:
     from pathlib import Path
 
     from ..core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
-    from ..engine.generation import read_record
-    from ..engine.train_head import TrainSample
+    from ..engine.runs.generation import read_record
+    from ..engine.training.train_head import TrainSample
 
     folder = Path(folder)
     if not (folder / "images").is_dir() or not (folder / "masks").is_dir():

@@ -9,7 +9,7 @@ For each slide:
    blocks (:mod:`.block_plan`); with ``tissue_only`` blocks without tissue are skipped;
 3. build a dask graph of one task per block not yet done and compute it with dask threads,
    or on a dask.distributed cluster (:mod:`.dask_runner`). Each task predicts its block
-   with :func:`~napari_pathsegdiff.engine.predict.predict_region`, which reads the halo
+   with :func:`~napari_pathsegdiff.engine.inference.predict.predict_region`, which reads the halo
    around every tile from the slide itself, on a tile grid anchored to absolute level
    coordinates: this is the equivalent of ``dask.array.map_overlap`` with the overlap read
    at the source, so a block's labels equal the same pixels of a prediction of the whole
@@ -61,11 +61,11 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from ..core.atomic import recover_folder, remove_folder
-from ..core.locks import FolderLock
-from ..core.progress import Progress
-from ..core.region import Region
-from ..core.slide import MAX_SLIDE_PIXELS, SlideError, open_slide
+from ...core.atomic import recover_folder, remove_folder
+from ...core.locks import FolderLock
+from ...core.progress import Progress
+from ...core.region import Region
+from ...core.slide import MAX_SLIDE_PIXELS, SlideError, open_slide
 from .block_plan import SlideFailed, choose_level, find_tissue, plan_blocks
 from .block_worker import BlockJob, head_identity, read_done, run_block
 from .dask_runner import BlockRunner
@@ -495,7 +495,7 @@ def _check_batch(slides, options: BatchOptions) -> list[Path]:
 
 
 def _read_head(folder: Path) -> _Head:
-    from ..models.heads import load_head
+    from ...models.heads import load_head
 
     head = load_head(folder)
     classes = list(zip(head.class_ids, head.class_names, head.class_colors))

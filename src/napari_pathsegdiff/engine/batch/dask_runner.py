@@ -29,7 +29,7 @@ from typing import Any, Callable
 import dask
 from dask.callbacks import Callback
 
-from ..core.progress import PeriodicLines, Progress, is_terminal
+from ...core.progress import PeriodicLines, Progress, is_terminal
 
 
 class BlockRunner:

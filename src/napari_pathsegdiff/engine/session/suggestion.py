@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.region import Region
+from ...core.region import Region
 
 BLOCK = 32
 """Side (analysis pixels) of the blocks in which uncertainty is averaged."""

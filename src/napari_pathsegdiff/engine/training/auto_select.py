@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.metrics import confusion_matrix, scores
-from ..core.progress import Progress, Work
+from ...core.metrics import confusion_matrix, scores
+from ...core.progress import Progress, Work
 from .train_head import LabelledTiles, TrainResult, fit_head, gather_labelled_tiles
 
 
@@ -124,7 +124,7 @@ def auto_train(
     folds : int
         Most folds of the cross-validation (groups are dealt round-robin into folds).
     class_ids, class_names, class_colors, unlabelled, seed, threads
-        As :func:`~napari_pathsegdiff.engine.train_head.train_head`.
+        As :func:`~napari_pathsegdiff.engine.training.train_head.train_head`.
     cache_for : callable, optional
         ``cache_for(extractor) -> FeatureCache`` for the features of each kind.
 
@@ -210,7 +210,7 @@ def _groups(labelled: LabelledTiles) -> tuple[str, list[int]]:
 def _cross_validate(labelled: LabelledTiles, groups: list[int], n_folds: int, cand: Candidate, *,
                     seed: int, threads) -> float | None:
     """Pooled mean Dice over the folds (groups dealt round-robin in a seeded order)."""
-    from ..core.progress import drive
+    from ...core.progress import drive
 
     distinct = sorted(set(groups))
     order = np.random.default_rng(seed).permutation(len(distinct))

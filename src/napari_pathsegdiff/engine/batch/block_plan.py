@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.region import Region
-from ..core.slide import Slide
-from ..core.tissue import tissue_mask
+from ...core.region import Region
+from ...core.slide import Slide
+from ...core.tissue import tissue_mask
 
 #: The tissue mask is computed on at most this many pixels a side.
 TISSUE_MAX_SIDE = 2048

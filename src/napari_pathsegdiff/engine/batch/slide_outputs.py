@@ -29,9 +29,9 @@ import dask
 import dask.array as da
 import zarr
 
-from ..core.atomic import recover_folder, replace_file, replace_folder, write_text_atomic
-from ..core.geojson import labels_to_geojson, write_geojson
-from ..core.ome_writer import read_labels_ome_zarr, write_labels_ome_tiff, write_labels_ome_zarr
+from ...core.atomic import recover_folder, replace_file, replace_folder, write_text_atomic
+from ...core.geojson import labels_to_geojson, write_geojson
+from ...core.ome_writer import read_labels_ome_zarr, write_labels_ome_tiff, write_labels_ome_zarr
 
 OME_ZARR = "labels.ome.zarr"
 OME_TIFF = "labels.ome.tif"

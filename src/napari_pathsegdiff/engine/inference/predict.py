@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.feature_cache import FeatureCache
-from ..core.progress import Progress, Work, drive
-from ..core.region import Region
-from ..core.tiling import Stitcher
-from ..models.dihedral import DihedralView, transforms, untransform
+from ...core.feature_cache import FeatureCache
+from ...core.progress import Progress, Work, drive
+from ...core.region import Region
+from ...core.tiling import Stitcher
+from ...models.dihedral import DihedralView, transforms, untransform
 from .tile_features import (
     analysis_scale,
     as_slide,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.hashing import file_sha256 as _sha256
+from ...core.hashing import file_sha256 as _sha256
 
 
 
@@ -46,7 +46,7 @@ def _relative_names(paths: list[str]) -> list[str]:
 
 def write_model_card(folder: Path, *, record: dict, states: dict, log: Path, models: dict, dtype: str) -> Path:
     """Write ``folder/MODEL_CARD.md`` for an exported backbone."""
-    from ..models.backbone import backbone_identity
+    from ...models.backbone import backbone_identity
 
     meta = record["architecture"]["meta"]
     identity = backbone_identity(folder)

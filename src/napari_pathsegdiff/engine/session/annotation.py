@@ -3,7 +3,7 @@ and point at the region where a correction helps most.
 
 An :class:`AnnotationSession` ties together one slide, its label store (predictions and a
 person's edits, on disk in the session folder, see
-:mod:`~napari_pathsegdiff.engine.session_folder`), the current head, the feature extractor and
+:mod:`~napari_pathsegdiff.engine.session.session_folder`), the current head, the feature extractor and
 an in-memory feature cache. The napari widget and the simulated-annotator benchmark both drive
 it; its long operations are generators yielding
 :class:`~napari_pathsegdiff.core.progress.Progress` that can be stopped between yields.
@@ -29,11 +29,11 @@ from typing import Sequence
 import numpy as np
 import zarr
 
-from ..core.feature_cache import FeatureCache
-from ..core.label_store import ClassInfo, LabelStore, LabelStoreError
-from ..core.progress import Progress, Work
-from ..core.region import Region
-from ..core.slide import Slide
+from ...core.feature_cache import FeatureCache
+from ...core.label_store import ClassInfo, LabelStore, LabelStoreError
+from ...core.progress import Progress, Work
+from ...core.region import Region
+from ...core.slide import Slide
 from .session_folder import (
     HEAD,
     LABELS,
@@ -208,7 +208,7 @@ class AnnotationSession:
         slide : Slide
             The slide (or an in-memory image wrapped with ``Slide.from_array``).
         folder : path, optional
-            Session folder; default :func:`~napari_pathsegdiff.engine.session_folder.session_folder_for`.
+            Session folder; default :func:`~napari_pathsegdiff.engine.session.session_folder.session_folder_for`.
         root : path, optional
             Folder of the per-user stores (used when the slide's folder is not writable).
         extractor : FeatureExtractor, optional
@@ -248,7 +248,7 @@ class AnnotationSession:
     def _open_locked(cls, slide, folder: Path, lock, *, extractor, head, classes, analysis_mpp,
                      cache, restore_head) -> "AnnotationSession":
         """:meth:`open`, once the session folder is locked by this process."""
-        from ..models.heads import HeadError, load_head
+        from ...models.heads import HeadError, load_head
 
         notes = recover_session_folder(folder)
         saved = None
@@ -262,7 +262,7 @@ class AnnotationSession:
                 ) from exc
         given = head if head is not None else saved
         if extractor is None and given is not None:
-            from ..models.features import build_extractor
+            from ...models.features import build_extractor
 
             extractor = build_extractor(dict(given.config.feature_config or {}))
         store, level = _open_store(slide, folder / LABELS, extractor=extractor, head=given,
@@ -345,7 +345,7 @@ class AnnotationSession:
     # --- head and features --------------------------------------------------------------------
     def set_extractor(self, extractor) -> None:
         """Use ``extractor``; a head made for other features is put aside (kept on disk)."""
-        from ..models.heads import HeadError
+        from ...models.heads import HeadError
 
         self.extractor = extractor
         if self.head is not None:
@@ -366,7 +366,7 @@ class AnnotationSession:
             The head needs features other than the session's (the message says which).
         """
         if self.extractor is None:
-            from ..models.features import build_extractor
+            from ...models.features import build_extractor
 
             self.extractor = build_extractor(dict(head.config.feature_config or {}))
         head.check_compatible(self.extractor)
@@ -388,7 +388,7 @@ class AnnotationSession:
             The folder is missing or not a head, or the head was trained for other features
             (another backbone): the message gives the reason; nothing is changed.
         """
-        from ..models.heads import load_head
+        from ...models.heads import load_head
 
         self.set_head(load_head(folder))
 
@@ -400,7 +400,7 @@ class AnnotationSession:
 
     def save_head_as(self, folder: str | Path) -> Path:
         """Write the current head to ``folder`` (a head folder, replaced atomically)."""
-        from ..models.heads import save_head
+        from ...models.heads import save_head
 
         head = self._require_head()
         return save_head(head, folder)
@@ -471,8 +471,8 @@ class AnnotationSession:
         AnnotationError
             No head yet, or the region is larger than :data:`MAX_SEGMENT_PIXELS`.
         """
-        from .predict import predict_region
-        from .predict import uncertainty as entropy
+        from ..inference.predict import predict_region
+        from ..inference.predict import uncertainty as entropy
 
         head = self._require_head()
         region = self.to_store_region(region)
@@ -529,18 +529,18 @@ class AnnotationSession:
         steps : int, optional
             Optimisation steps (default from the number of labelled windows).
         seed, lr, batch_size, feature_batch_size
-            See :func:`~napari_pathsegdiff.engine.train_head.train_head`.
+            See :func:`~napari_pathsegdiff.engine.training.train_head.train_head`.
         synthetic : sequence of TrainSample
             Generated pairs (masks of store ids, 0 not labelled, usually of weight below 1) to
             train on as well; their classes count as painted ones for choosing the classes.
         auto : bool
             For a new head, choose the features (the session's, alone or stacked with the
             filter bank) and the head kind by cross-validation over the painted tiles
-            (:func:`~napari_pathsegdiff.engine.auto_select.auto_train`); the session then uses
+            (:func:`~napari_pathsegdiff.engine.training.auto_select.auto_train`); the session then uses
             the chosen features. A fine-tune keeps the head's kind and features.
         budget_s : float, optional
             Seconds for ``auto``'s scoring (default
-            :data:`~napari_pathsegdiff.engine.auto_select.WIDGET_BUDGET_S`).
+            :data:`~napari_pathsegdiff.engine.training.auto_select.WIDGET_BUDGET_S`).
 
         Raises
         ------
@@ -548,7 +548,7 @@ class AnnotationSession:
             No pixel is painted, only one class is painted, or a painted id is not in the class
             table. Nothing is changed.
         """
-        from .train_head import TrainSample, train_head
+        from ..training.train_head import TrainSample, train_head
 
         t0 = time.perf_counter()
         extractor = self._require_extractor()
@@ -629,9 +629,9 @@ class AnnotationSession:
     def _auto_train(self, samples, extractor, *, unlabelled, seed, budget_s, class_kwargs):
         """``auto`` over the session's features, alone and stacked with the filter bank, x head kinds,
         and the CNN features with a forest."""
-        from ..models.features import make_extractor
-        from ..models.fused_features import FusedFeatures
-        from .auto_select import WIDGET_BUDGET_S, Candidate, auto_train
+        from ...models.features import make_extractor
+        from ...models.fused_features import FusedFeatures
+        from ..training.auto_select import WIDGET_BUDGET_S, Candidate, auto_train
 
         base = extractor.kind
         stacked = f"{base}+classic" if base not in ("classic", "fused") else None
@@ -710,7 +710,7 @@ class AnnotationSession:
 
     def _tissue_blocks(self, gh: int, gw: int, b: int) -> np.ndarray:
         """Tissue at the centre of every block, from a mask of the coarsest level."""
-        from ..core.tissue import tissue_mask
+        from ...core.tissue import tissue_mask
 
         coarse = len(self.slide.levels) - 1
         if self._tissue is None:

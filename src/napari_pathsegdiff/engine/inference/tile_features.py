@@ -6,10 +6,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ..core.feature_cache import FeatureCache, feature_key
-from ..core.region import Region
-from ..core.slide import Slide
-from ..core.tiling import Tile, TileGrid
+from ...core.feature_cache import FeatureCache, feature_key
+from ...core.region import Region
+from ...core.slide import Slide
+from ...core.tiling import Tile, TileGrid
 
 #: Relative difference of µm/px below which no resampling is done.
 MPP_TOLERANCE = 0.05

@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..core.hashing import file_sha256 as _sha256
-from ..core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
-from ..core.progress import Progress, Work
-from ..models.device import autocast, resolve_device
-from ..models.generator import UNET_CONFIGS, StyleGenerator, build_generator, save_generator
+from ...core.hashing import file_sha256 as _sha256
+from ...core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
+from ...core.progress import Progress, Work
+from ...models.device import autocast, resolve_device
+from ...models.generator import UNET_CONFIGS, StyleGenerator, build_generator, save_generator
 from . import augment
 from .generation import style_pool
 from .backbone_data import TilePool
@@ -561,7 +561,7 @@ def export_generator(run: str | Path, out: str | Path) -> Path:
     ValueError
         When ``run`` holds no generator run or no checkpoint yet.
     """
-    from ..models.generator import generator_identity, load_generator
+    from ...models.generator import generator_identity, load_generator
 
     run, out = Path(run).expanduser(), Path(out).expanduser()
     if not (run / RUN_FILE).exists():

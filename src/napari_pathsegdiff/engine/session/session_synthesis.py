@@ -25,8 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.progress import Progress, Work
-from ..core.region import Region
+from ...core.progress import Progress, Work
+from ...core.region import Region
 from .annotation import AnnotationError
 
 GENERATOR_PAIRS = "generator-pairs"
@@ -142,7 +142,7 @@ def export_training_pairs(session, folder: str | Path, side: int) -> int:
     ``folder/images`` and ``folder/masks`` (what was there before is replaced); returns how many."""
     from PIL import Image
 
-    from ..core.images import write_labels
+    from ...core.images import write_labels
 
     layouts = corrected_layouts(session, side, stride=side)
     folder = Path(folder)
@@ -165,7 +165,7 @@ def session_backbone(extractor, spec: str | Path | None = None):
     AnnotationError
         When none is available (the message says how to choose one).
     """
-    from ..models.backbone import BackboneError, load_backbone
+    from ...models.backbone import BackboneError, load_backbone
 
     if spec is None and getattr(extractor, "backbone", None) is not None:
         return extractor.backbone
@@ -216,7 +216,7 @@ def train_session_generator(
     Path
         The generator folder.
     """
-    from .generator_training import make_settings, train_generator
+    from ..runs.generator_training import make_settings, train_generator
 
     s = settings or make_settings("small", **WIDGET_SETTINGS)
     tile = int(s.tile_size or backbone.tile_size)
@@ -245,7 +245,7 @@ def train_session_generator(
 def with_threads(work: Work, threads: int | None) -> Work:
     """``work`` advanced with ``threads`` torch threads, the previous number restored at each
     yield (so other work in the process is not slowed while it waits)."""
-    from .train_head import _torch_threads
+    from ..training.train_head import _torch_threads
 
     try:
         while True:
@@ -268,7 +268,7 @@ def latest_session_generator(session_folder: str | Path) -> Path | None:
 
 
 def _unique_ids(mask_path: Path) -> list[int]:
-    from ..core.images import read_mask
+    from ...core.images import read_mask
 
     return np.unique(read_mask(mask_path)).tolist()
 
@@ -309,8 +309,8 @@ def style_tiles(
     AnnotationError
         When no source gives a tissue tile.
     """
-    from ..core.tissue import tissue_mask
-    from .backbone_data import TilePool, read_tile
+    from ...core.tissue import tissue_mask
+    from ..runs.backbone_data import TilePool, read_tile
 
     rng = np.random.default_rng([seed, 0x57F])
     found: list[tuple[int, int, int, np.ndarray]] = []
@@ -389,9 +389,9 @@ def generate_session_pairs(
     """
     from skimage.transform import resize
 
-    from ..core.images import read_mask, read_rgb
-    from ..models.generator import generator_identity, load_generator
-    from .generation import generate_pairs
+    from ...core.images import read_mask, read_rgb
+    from ...models.generator import generator_identity, load_generator
+    from ..runs.generation import generate_pairs
 
     if n < 1:
         raise AnnotationError(f"The number of tiles must be 1 or more, got {n}.")
@@ -462,9 +462,9 @@ def synthetic_samples(session, *, weight: float = SYNTHETIC_WEIGHT) -> list:
     AnnotationError
         A generated mask holds a class id that is not in the session's class table.
     """
-    from ..core.images import pair_images_and_masks, read_mask, read_rgb
-    from .generation import read_record
-    from .train_head import TrainSample
+    from ...core.images import pair_images_and_masks, read_mask, read_rgb
+    from ..runs.generation import read_record
+    from ..training.train_head import TrainSample
 
     folder = session.folder / SYNTHETIC
     if not (folder / "images").is_dir() or not (folder / "masks").is_dir():

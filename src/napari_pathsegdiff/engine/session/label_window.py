@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.label_store import LabelStore
+from ...core.label_store import LabelStore
 
 PREDICTED = 256
 """Offset of predicted, unpainted pixels in the shown image (class ``k`` shows as ``256 + k``)."""

@@ -37,14 +37,14 @@ import os
 import shutil
 from pathlib import Path
 
-from ..core.atomic import (
+from ...core.atomic import (
     recover_folder,
     remove_folder,
     replace_folder,
     umask_permissions,
     write_text_atomic,
 )
-from ..core.locks import FolderInUse, FolderLock
+from ...core.locks import FolderInUse, FolderLock
 
 FOLDER_SUFFIX = ".pathsegdiff"
 LABELS = "labels.zarr"
@@ -131,7 +131,7 @@ def save_session_head(folder: str | Path, head, *, extra: dict | None = None) ->
     complete folder in: an interruption at any point leaves a complete head, or leftovers that
     :func:`recover_session_folder` turns back into one.
     """
-    from ..models.heads import save_head
+    from ...models.heads import save_head
 
     folder = Path(folder)
     current = folder / HEAD
@@ -208,7 +208,7 @@ def _copy_into(source: Path, target: Path) -> None:
 
 
 def _inside_package(path: Path) -> bool:
-    package = Path(__file__).resolve().parents[1]
+    package = Path(__file__).resolve().parents[2]
     try:
         path.relative_to(package)
     except ValueError:

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import torch
 
-from ..core.progress import Progress, Work
-from ..models.heads import ForestHead, new_forest_head
+from ...core.progress import Progress, Work
+from ...models.heads import ForestHead, new_forest_head
 from .train_head import LabelledTiles, TrainResult
 
 
@@ -33,7 +33,7 @@ def fit_forest(
     Parameters
     ----------
     labelled : LabelledTiles
-        From :func:`~napari_pathsegdiff.engine.train_head.gather_labelled_tiles`.
+        From :func:`~napari_pathsegdiff.engine.training.train_head.gather_labelled_tiles`.
     head : ForestHead, optional
         Keep this head's classes and settings (a forest is grown anew, never changed in place).
     seed : int

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.label_store import ClassInfo
+from ...core.label_store import ClassInfo
 
 PRESETS: dict[str, list[ClassInfo]] = {
     "tissue": [

@@ -27,10 +27,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..core.progress import Progress, Work
-from ..core.region import Region
-from ..core.slide import Slide, SlideError, open_slide
-from ..core.tissue import tissue_mask, tissue_tile_positions
+from ...core.progress import Progress, Work
+from ...core.region import Region
+from ...core.slide import Slide, SlideError, open_slide
+from ...core.tissue import tissue_mask, tissue_tile_positions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".btf")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.images import list_images, read_mask
+from ...core.images import list_images, read_mask
 
 
 @dataclass

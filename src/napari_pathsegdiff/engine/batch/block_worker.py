@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.progress import drive
-from ..core.region import Region
-from ..core.slide import MAX_SLIDE_PIXELS, Slide, open_slide
+from ...core.progress import drive
+from ...core.region import Region
+from ...core.slide import MAX_SLIDE_PIXELS, Slide, open_slide
 from .block_plan import Block
 
 #: Torch intra-op threads of every block, whatever the layout (see the module docstring).
@@ -113,7 +113,7 @@ def worker_models(head_dir: str, *, head_identity: str, device: str = "auto", ba
         if key in _models:
             _models.move_to_end(key)
             return _models[key]
-        from ..models.heads import load_head_and_extractor
+        from ...models.heads import load_head_and_extractor
 
         head, extractor = load_head_and_extractor(head_dir, backbone=backbone, device=device)
         _models[key] = (head, extractor)
@@ -161,8 +161,8 @@ def predict_block(job: BlockJob, region: Region) -> np.ndarray:
     one window: tiles are much smaller than the slide's chunks, and reading them one by one
     would decode each chunk several times. Values are the same, so are the labels.
     """
-    from .predict import predict_region
-    from .tile_features import analysis_scale, make_grid, source_mpp
+    from ..inference.predict import predict_region
+    from ..inference.tile_features import analysis_scale, make_grid, source_mpp
 
     head, extractor = worker_models(
         job.head_dir, head_identity=job.head_identity, device=job.device, backbone=job.backbone

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.geojson import labels_to_geojson, write_geojson
-from ..core.ome_writer import write_labels_ome_tiff, write_labels_ome_zarr
+from ...core.geojson import labels_to_geojson, write_geojson
+from ...core.ome_writer import write_labels_ome_tiff, write_labels_ome_zarr
 from .annotation import AnnotationError, AnnotationSession
 from .suggestion import stored_chunks
 

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..core.progress import Progress, Work
-from ..models.backbone_configs import get_config
-from ..models.device import autocast, resolve_device
+from ...core.progress import Progress, Work
+from ...models.backbone_configs import get_config
+from ...models.device import autocast, resolve_device
 from . import augment
 from .backbone_data import TilePool, batch_indices, build_pool, find_sources, step_seed
 
@@ -483,7 +483,7 @@ def _edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _build(stage: str, arch: dict) -> torch.nn.Module:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from ..models.guide import GuideEncoder
+    from ...models.guide import GuideEncoder
 
     cls = {"guide": GuideEncoder, "vae": AutoencoderKL, "unet": UNet2DConditionModel}[stage]
     return cls.from_config(arch[stage])

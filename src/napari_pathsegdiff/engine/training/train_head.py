@@ -3,7 +3,7 @@
 Two steps, whatever the head: :func:`gather_labelled_tiles` puts the labels on the analysis
 grid and reads the features of every tile holding a labelled pixel, once (through the cache);
 then the fit of the head's kind runs on them (:func:`fit_head`: :func:`fit_fcn` here, the
-forest's in :mod:`~napari_pathsegdiff.engine.fit_forest`). The rest of this note is the FCN's.
+forest's in :mod:`~napari_pathsegdiff.engine.training.fit_forest`). The rest of this note is the FCN's.
 
 Training then touches no backbone. The FCN trains on small *windows* (about ``window`` pixels a side, on the head's trunk grid) around
 labelled pixels rather than on whole tiles: each window's feature maps are cropped with one
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.feature_cache import FeatureCache
-from ..core.progress import Progress, Work
-from ..core.region import Region
-from ..models.heads import SegmentationHead, new_head
-from .tile_features import (
+from ...core.feature_cache import FeatureCache
+from ...core.progress import Progress, Work
+from ...core.region import Region
+from ...models.heads import SegmentationHead, new_head
+from ..inference.tile_features import (
     analysis_scale,
     as_slide,
     iter_tile_features,
@@ -231,7 +231,7 @@ def train_head(
     threads : int or None
         CPU threads of the fit (``None``: leave torch's setting).
     **options
-        Settings of the kind's fit (:func:`fit_fcn`, :func:`~napari_pathsegdiff.engine.fit_forest.fit_forest`).
+        Settings of the kind's fit (:func:`fit_fcn`, :func:`~napari_pathsegdiff.engine.training.fit_forest.fit_forest`).
 
     Returns
     -------
@@ -262,8 +262,8 @@ def fit_head(labelled: "LabelledTiles", *, kind: str, head=None, seed: int = 0, 
 
 #: The fit of each head kind: ``fit(labelled, *, head, seed, threads, **settings) -> Work[TrainResult]``.
 _FITTERS: dict[str, str] = {
-    "fcn": "napari_pathsegdiff.engine.train_head:fit_fcn",
-    "forest": "napari_pathsegdiff.engine.fit_forest:fit_forest",
+    "fcn": "napari_pathsegdiff.engine.training.train_head:fit_fcn",
+    "forest": "napari_pathsegdiff.engine.training.fit_forest:fit_forest",
 }
 
 

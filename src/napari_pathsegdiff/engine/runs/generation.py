@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..core.images import IMAGE_SUFFIXES, write_labels
-from ..core.progress import Progress, Work
-from ..models.generator import GeneratorError, StyleGenerator
+from ...core.images import IMAGE_SUFFIXES, write_labels
+from ...core.progress import Progress, Work
+from ...models.generator import GeneratorError, StyleGenerator
 from .backbone_data import SLIDE_SUFFIXES, TilePool, build_pool, find_sources
 
 RECORD_FILE = "generation.json"

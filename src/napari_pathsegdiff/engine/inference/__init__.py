@@ -1,0 +1,1 @@
+"""Inference on a region: tile features and head predictions stitched over a grid."""

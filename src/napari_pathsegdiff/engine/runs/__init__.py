@@ -1,0 +1,1 @@
+"""Long training runs with run folders: the backbone, the style generator, and generation."""

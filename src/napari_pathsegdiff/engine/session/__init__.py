@@ -1,0 +1,1 @@
+"""One slide's annotation session: labels, edits, session folders, exports, suggestions."""

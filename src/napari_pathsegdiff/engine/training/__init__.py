@@ -1,0 +1,1 @@
+"""Head training: labelled tiles, one fitter per head kind, and auto selection."""
