@@ -12,7 +12,7 @@ APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb
 	libxkbcommon-x11-0 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-cursor0 \
 	libgl1 libegl1 libfontconfig1 libdbus-1-3
 
-.PHONY: setup system demo test lint bench clean
+.PHONY: setup system demo test lint bench clean batch-check
 
 setup: system $(STAMP)
 
@@ -29,10 +29,14 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	@if [ -n "$$DISPLAY" ]; then \
-		$(PY) -m napari_pathsegdiff._demo; \
+		$(PY) -m napari_pathsegdiff._widgets._demo; \
 	else \
-		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_pathsegdiff._demo --screenshot demo.png; \
+		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_pathsegdiff._widgets._demo --screenshot demo.png; \
 	fi
+
+# the package without its gui extra, in a fresh virtual environment: segment-slide needs no napari or Qt
+batch-check:
+	PYTHON=$(PYTHON) TORCH=$(TORCH) bash scripts/check-batch-without-gui.sh .venv-batch
 
 lint: setup
 	$(VENV)/bin/lint-imports
@@ -45,4 +49,4 @@ bench: setup
 	$(PY) scripts/bench_slide_open.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-batch build *.egg-info src/*.egg-info .pytest_cache

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_widget import WAIT_MS, _dock, _open, _restored_session, scene  # noqa: F401 - the fixture
 
-from napari_pathsegdiff import _demo
+from napari_pathsegdiff._widgets import _demo
 from napari_pathsegdiff._widgets import _controller
 
 pytestmark = pytest.mark.gui

@@ -98,11 +98,11 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import signal
     import sys
 
     from ..core.progress import drive
     from ..engine.runs.backbone_data import parse_mpp_map
+    from ..engine.runs.run_folder import stop_on_signals
     from ..engine.runs.backbone_training import make_settings, train_backbone
     from . import set_threads
 
@@ -113,26 +113,16 @@ def _train(args: argparse.Namespace) -> int:
     settings = make_settings(
         args.config, seed=args.seed, checkpoint_every=args.checkpoint_every, pool_tiles=args.pool_tiles, **steps
     )
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):
-        stop["requested"] = True
-        print(f"pathsegdiff backbone: signal {signum}: checkpointing and stopping after this step", flush=True)
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals("pathsegdiff backbone") as stop_asked:
         work = train_backbone(
             args.data, args.out, config=args.config, settings=settings, resume=args.resume,
             device=args.device, exclude=args.exclude, mpp_map=parse_mpp_map(args.mpp_map),
-            default_mpp=args.default_mpp, export=not args.no_export, should_stop=lambda: stop["requested"],
+            default_mpp=args.default_mpp, export=not args.no_export, should_stop=stop_asked,
         )
         folder = drive(work, show=sys.stderr.isatty(), callback=_log_line)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if folder is not None:
         print(f"backbone written to {folder}")
-    elif stop["requested"]:
+    elif stop_asked():
         print("stopped; continue with --resume")
         return 130
     return 0

@@ -65,11 +65,11 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import signal
     import sys
 
     from ..core.progress import drive
     from ..engine.runs.generator_training import make_settings, train_generator
+    from ..engine.runs.run_folder import stop_on_signals
     from ..models.backbone import load_backbone
     from . import UserError, set_threads
 
@@ -95,23 +95,13 @@ def _train(args: argparse.Namespace) -> int:
         if len(ids) != len(args.class_names):
             raise UserError(f"--class-names gives {len(args.class_names)} names but the masks hold class ids {ids}.")
         class_ids = ids
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):
-        stop["requested"] = True
-        print(f"pathsegdiff generator: signal {signum}: checkpointing and stopping after this step", flush=True)
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals("pathsegdiff generator") as stop_asked:
         work = train_generator(
             args.images, args.masks, args.out, backbone=backbone, style=args.style, settings=settings,
             class_ids=class_ids, class_names=args.class_names, resume=args.resume, device=args.device,
-            should_stop=lambda: stop["requested"],
+            should_stop=stop_asked,
         )
         folder = drive(work, show=sys.stderr.isatty())
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if folder is None:
         print("stopped; continue with --resume")
         return 130

@@ -42,13 +42,15 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 __all__ = [
     "write_bytes_atomic",
     "write_text_atomic",
     "replace_file",
     "replace_folder",
+    "folder_replaced",
     "remove_folder",
     "recover_folder",
     "leftovers",
@@ -166,6 +168,28 @@ def replace_folder(dest: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     NotADirectoryError
         ``dest`` exists and is a file.
     """
+    with folder_replaced(dest) as tmp:
+        write(tmp)
+    return Path(dest)
+
+
+@contextmanager
+def folder_replaced(dest: str | os.PathLike) -> Iterator[Path]:
+    """The context-manager form of :func:`replace_folder`, for writers that are generators.
+
+    The block fills the empty folder it is given; ``dest`` is replaced when the block ends
+    normally, and left unchanged (the folder removed) when it raises or the generator driving
+    it is closed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> with folder_replaced(root / "out") as tmp:
+    ...     _ = (tmp / "a.txt").write_text("1")
+    >>> [p.name for p in (root / "out").iterdir()]
+    ['a.txt']
+    """
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"{dest} is a file, not a folder: give a folder to replace.")
@@ -173,7 +197,7 @@ def replace_folder(dest: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     tmp = _temporary_name(dest, _TMP)
     tmp.mkdir()
     try:
-        write(tmp)
+        yield tmp
         umask_permissions(tmp)
         _fsync_tree(tmp)
     except BaseException:
@@ -187,7 +211,6 @@ def replace_folder(dest: str | os.PathLike, write: Callable[[Path], None]) -> Pa
     _fsync_dir(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return dest
 
 
 def remove_folder(dest: str | os.PathLike) -> None:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import datetime
 import pickle
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..core.atomic import replace_folder
 from ..core.hashing import file_sha256 as _sha256
 from .backbone import Backbone, _assemble, load_backbone
 from .ssl_conditioning import ConditioningEmbedder, SSLConditioning, load_ssl_encoder
@@ -610,19 +609,16 @@ def convert_compvis_checkpoint(
     meta = _metadata(yaml_config, converted["configs"], mpp=mpp, name=name or checkpoint.stem)
     backbone = _assemble(models["vqvae"], models["unet"], scheduler, None, meta, source=str(out), where=where, ssl=ssl)
     # 8. write beside out, check by loading, rename
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    loaded = []
+
+    def write(tmp: Path) -> None:
         log(f"writing {out}")
         backbone.save(tmp)
         _write_card(tmp, checkpoint, config_path, backbone, converted, ssl_encoder)
-        loaded = load_backbone(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        loaded.append(load_backbone(tmp))
+
+    replace_folder(out, write)
+    loaded = loaded[0]
     log(f"identity {loaded.identity.split('@')[0]}@{loaded.identity.split('@')[1]}")
     return out
 

@@ -28,13 +28,13 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ...core.atomic import write_text_atomic
 from ...core.progress import drive
 from ...core.region import Region
 from ...core.slide import MAX_SLIDE_PIXELS, Slide, open_slide
@@ -261,11 +261,7 @@ def write_done(done_dir: str | Path, block: Block, record: dict) -> Path:
     """Write the done marker of ``block`` atomically (temporary file, then rename)."""
     done_dir = Path(done_dir)
     done_dir.mkdir(parents=True, exist_ok=True)
-    path = done_dir / f"{block.key}.json"
-    tmp = done_dir / f".{block.key}.{uuid.uuid4().hex}.partial"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(done_dir / f"{block.key}.json", json.dumps(record))
 
 
 def read_done(done_dir: str | Path) -> dict[str, dict]:

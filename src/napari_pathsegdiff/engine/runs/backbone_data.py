@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ...core.atomic import replace_file
 from ...core.progress import Progress, Work
 from ...core.region import Region
 from ...core.slide import Slide, SlideError, open_slide
@@ -343,12 +344,14 @@ def save_pool(pool: TilePool, path: Path) -> None:
     """Write a pool as an uncompressed ``.npz`` (uint8 tiles and JSON metadata), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     meta = {"sources": pool.sources, "skipped": pool.skipped, "mpp": pool.mpp, "key": pool.key}
-    with open(tmp, "wb") as fh:
-        np.savez(fh, tiles=pool.tiles, source_index=pool.source_index, positions=pool.positions,
-                 meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, tiles=pool.tiles, source_index=pool.source_index, positions=pool.positions,
+                     meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
+    replace_file(path, write)
 
 
 def load_pool(path: Path) -> TilePool:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,11 +46,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ...core.atomic import replace_folder
 from ...core.progress import Progress, Work
 from ...models.backbone_configs import get_config
 from ...models.device import autocast, resolve_device
 from . import augment
 from .backbone_data import TilePool, batch_indices, build_pool, find_sources, step_seed
+from .run_folder import (
+    flatten_optimizer,
+    open_checkpoints,
+    read_state,
+    restore_optimizer,
+    save_checkpoint,
+    trim_log,
+    write_json,
+)
 
 STAGES = ("guide", "vae", "unet")
 RUN_FILE = "run.json"
@@ -226,6 +235,7 @@ def _open_run(out: Path, *, config, arch, settings: TrainSettings, pool: TilePoo
                     f"(was {json.dumps(old.get(key))[:80]}, now {json.dumps(value)[:80]}). "
                     "Resume with the same data and settings, or choose another --out."
                 )
+    open_checkpoints([out / "checkpoints" / s for s in STAGES])
     progress = {s: _checkpoint_state(out, s).get("step", 0) for s in STAGES}
     kept = {}
     for i, stage in enumerate(STAGES):
@@ -246,8 +256,8 @@ def _open_run(out: Path, *, config, arch, settings: TrainSettings, pool: TilePoo
         "kept_budgets": kept,
     })
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(run_file, record)
-    _trim_log(out, progress)
+    write_json(run_file, record)
+    trim_log(out / LOSS_FILE, lambda rec: rec.get("step", 0) <= progress.get(rec.get("stage"), 0))
     run.meta = record
     return run
 
@@ -371,30 +381,24 @@ class _Stage:
 
     # --- checkpoints --------------------------------------------------------------------
     def save(self, step: int, *, wall_s: float, finished: bool, last: dict[str, float]) -> None:
-        folder = self.run.folder / "checkpoints" / self.stage
-        tmp = folder.with_name(self.stage + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp / "model", safe_serialization=True)
-        for name, module in self.extra.items():
-            if isinstance(module, torch.nn.Sequential):
-                save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
-            else:
-                module.save_pretrained(tmp / name, safe_serialization=True)
-        tensors, opt_meta = _flatten_optimizer(self.optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        tensors, opt_meta = flatten_optimizer(self.optimizer)
         state = {
             "stage": self.stage, "step": step, "budget": self.run.settings.steps(self.stage),
             "finished": finished, "wall_s": wall_s, "last": last, "optimizer": opt_meta,
             "torch": torch.__version__,
         }
-        _write_json(tmp / "state.json", state)
-        old = folder.with_name(self.stage + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp / "model", safe_serialization=True)
+            for name, module in self.extra.items():
+                if isinstance(module, torch.nn.Sequential):
+                    weights = {k: v.contiguous() for k, v in module.state_dict().items()}
+                    save_file(weights, str(tmp / f"{name}.safetensors"))
+                else:
+                    module.save_pretrained(tmp / name, safe_serialization=True)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+
+        save_checkpoint(self.run.folder / "checkpoints" / self.stage, write, state)
 
     def load(self) -> dict:
         folder = self.run.folder / "checkpoints" / self.stage
@@ -407,7 +411,7 @@ class _Stage:
                 _load_weights(module, folder / name)
         if self.stage == "vae":
             self.model.register_to_config(**_config_updates(folder / "model"))
-        _restore_optimizer(self.optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+        restore_optimizer(self.optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
         return state
 
 
@@ -569,52 +573,8 @@ def _pool_latents(run: _Run, pool: TilePool, device) -> Work[tuple[tuple[torch.T
     return (out["mean"], out["std"]), out["context"]
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, entry in sd["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def _checkpoint_state(folder: Path, stage: str) -> dict:
-    path = Path(folder) / "checkpoints" / stage / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _trim_log(folder: Path, progress: dict[str, int]) -> None:
-    """Drop log lines of steps after the checkpoints (a run killed between checkpoints)."""
-    path = folder / LOSS_FILE
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("step", 0) <= progress.get(rec.get("stage"), 0):
-            keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    return read_state(Path(folder) / "checkpoints" / stage)
 
 
 # --- export -------------------------------------------------------------------------------
@@ -665,28 +625,26 @@ def export_backbone(run: str | Path, out: str | Path, *, dtype: str = "float16",
             )
     fake = _Run(run, record["config"], arch, TrainSettings(**record["settings"]))
     torch_dtype = getattr(torch, dtype)
-    tmp = out.with_name(out.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    models = {"guide": _frozen("guide", fake, "cpu"), "vae": _frozen("vae", fake, "cpu")}
-    unet = _build("unet", arch)
-    ema = run / "checkpoints" / "unet" / "ema"
-    _load_weights(unet, ema if ema.exists() else run / "checkpoints" / "unet" / "model")
-    models["unet"] = unet
-    for name, model in models.items():
-        model.to(torch_dtype).save_pretrained(tmp / name, safe_serialization=True)
-    _scheduler(arch).save_pretrained(tmp / "scheduler")
-    meta = dict(arch["meta"])
-    n_t, n_up = int(_scheduler(arch).config.num_train_timesteps), len(unet.up_blocks)
-    for key, values, top in (("default_timesteps", timesteps, n_t), ("default_blocks", blocks, n_up)):
-        if values:
-            if not all(0 <= int(v) < top for v in values):
-                raise ValueError(f"{key[8:]} {list(values)}: each must be in 0..{top - 1}.")
-            meta[key] = sorted({int(v) for v in values})
-    _write_json(tmp / "pathsegdiff_backbone.json", meta)
-    record = {**record, "architecture": {**arch, "meta": meta}}
-    write_model_card(tmp, record=record, states=states, log=run / LOSS_FILE, models=models, dtype=dtype)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+
+    def write(tmp: Path) -> None:
+        models = {"guide": _frozen("guide", fake, "cpu"), "vae": _frozen("vae", fake, "cpu")}
+        unet = _build("unet", arch)
+        ema = run / "checkpoints" / "unet" / "ema"
+        _load_weights(unet, ema if ema.exists() else run / "checkpoints" / "unet" / "model")
+        models["unet"] = unet
+        for name, model in models.items():
+            model.to(torch_dtype).save_pretrained(tmp / name, safe_serialization=True)
+        _scheduler(arch).save_pretrained(tmp / "scheduler")
+        meta = dict(arch["meta"])
+        n_t, n_up = int(_scheduler(arch).config.num_train_timesteps), len(unet.up_blocks)
+        for key, values, top in (("default_timesteps", timesteps, n_t), ("default_blocks", blocks, n_up)):
+            if values:
+                if not all(0 <= int(v) < top for v in values):
+                    raise ValueError(f"{key[8:]} {list(values)}: each must be in 0..{top - 1}.")
+                meta[key] = sorted({int(v) for v in values})
+        write_json(tmp / "pathsegdiff_backbone.json", meta)
+        card_record = {**record, "architecture": {**arch, "meta": meta}}
+        write_model_card(tmp, record=card_record, states=states, log=run / LOSS_FILE, models=models, dtype=dtype)
+
+    replace_folder(out, write)
     return out

@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ...core.atomic import replace_folder
 from ...core.hashing import file_sha256 as _sha256
 from ...core.images import check_same_shape, pair_images_and_masks, read_mask, read_rgb
 from ...core.progress import Progress, Work
@@ -55,7 +55,15 @@ from ...models.generator import UNET_CONFIGS, StyleGenerator, build_generator, s
 from . import augment
 from .generation import style_pool
 from .backbone_data import TilePool
-from .backbone_training import _flatten_optimizer, _restore_optimizer, _write_json
+from .run_folder import (
+    flatten_optimizer,
+    open_checkpoints,
+    read_state,
+    restore_optimizer,
+    save_checkpoint,
+    trim_log,
+    write_json,
+)
 
 RUN_FILE = "run.json"
 LOSS_FILE = "losses.jsonl"
@@ -328,8 +336,10 @@ def _open_run(out: Path, s: GeneratorSettings, backbone, labelled: LabelledSet, 
               "mpp": backbone.mpp, "labelled": labelled.files,
               "style_sources": pool.sources if pool is not None else [], "style_skipped": pool.skipped if pool else []}
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(run_file, record)
-    _trim_log(out, _state(out).get("step", 0))
+    write_json(run_file, record)
+    open_checkpoints([out / "checkpoints"])
+    step = _state(out).get("step", 0)
+    trim_log(out / LOSS_FILE, lambda rec: rec.get("step", 0) <= step)
     return _Run(out, record)
 
 
@@ -486,30 +496,23 @@ class _Trainer:
 
     # --- checkpoints -------------------------------------------------------------------
     def save(self, step: int, wall: float, last: dict) -> None:
-        folder = self.run.folder / "checkpoints"
-        tmp = folder.with_name("checkpoints.part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_generator(self.model, tmp / "model")
-        save_generator(self.ema, tmp / "ema")
-        tensors, opt_meta = _flatten_optimizer(self.optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        _write_json(tmp / "state.json", {"step": step, "budget": self.s.steps, "finished": step >= self.s.steps,
-                                         "wall_s": wall, "last": last, "optimizer": opt_meta,
-                                         "torch": torch.__version__})
-        old = folder.with_name("checkpoints.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        tensors, opt_meta = flatten_optimizer(self.optimizer)
+        state = {"step": step, "budget": self.s.steps, "finished": step >= self.s.steps,
+                 "wall_s": wall, "last": last, "optimizer": opt_meta, "torch": torch.__version__}
+
+        def write(tmp: Path) -> None:
+            save_generator(self.model, tmp / "model")
+            save_generator(self.ema, tmp / "ema")
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+
+        save_checkpoint(self.run.folder / "checkpoints", write, state)
 
     def load(self) -> None:
         folder = self.run.folder / "checkpoints"
         state = json.loads((folder / "state.json").read_text())
         for module, sub in ((self.model, "model"), (self.ema, "ema")):
             module.load_state_dict(load_file(str(folder / sub / "diffusion_pytorch_model.safetensors")))
-        _restore_optimizer(self.optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+        restore_optimizer(self.optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
 
 
 def _seed(seed: int, step: int) -> int:
@@ -536,18 +539,7 @@ def _nearby_crop(img, y0, x0, tile, size, reach, rng) -> np.ndarray:
 
 
 def _state(folder: Path) -> dict:
-    path = Path(folder) / "checkpoints" / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _trim_log(folder: Path, step: int) -> None:
-    """Drop log lines after the checkpoint (a run killed between checkpoints)."""
-    path = folder / LOSS_FILE
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
-
-
+    return read_state(Path(folder) / "checkpoints")
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -571,13 +563,12 @@ def export_generator(run: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{run}: no checkpoint yet; export once the run has checkpointed.")
     record = json.loads((run / RUN_FILE).read_text())
     gen = load_generator(run / "checkpoints" / "ema")
-    tmp = out.with_name(out.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_generator(gen, tmp)
-    _model_card(tmp, gen, record, state, run / LOSS_FILE, generator_identity(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+
+    def write(tmp: Path) -> None:
+        save_generator(gen, tmp)
+        _model_card(tmp, gen, record, state, run / LOSS_FILE, generator_identity(tmp))
+
+    replace_folder(out, write)
     return out
 
 

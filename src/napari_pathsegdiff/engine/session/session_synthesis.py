@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ...core.atomic import folder_replaced
 from ...core.progress import Progress, Work
 from ...core.region import Region
 from .annotation import AnnotationError
@@ -415,16 +416,9 @@ def generate_session_pairs(
         pool = yield from style_tiles(style, size=int(gen.config.style_size), mpp=gen.config.mpp,
                                       n_tiles=max(16, min(256, n * style_k)), seed=seed)
     out = session.folder / SYNTHETIC
-    part = out.with_name(out.name + ".part")
-    shutil.rmtree(part, ignore_errors=True)
-    yield from generate_pairs(gen, chosen, pool, part, style_k=style_k, steps=steps, guidance=guidance,
-                              seed=seed, batch_size=batch_size, identity=generator_identity(generator_folder))
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    part.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with folder_replaced(out) as part:
+        yield from generate_pairs(gen, chosen, pool, part, style_k=style_k, steps=steps, guidance=guidance,
+                                  seed=seed, batch_size=batch_size, identity=generator_identity(generator_folder))
     names = [f"{i:05d}.png" for i in range(n)]
     images = np.stack([read_rgb(out / "images" / f) for f in names])
     masks = np.stack([read_mask(out / "masks" / f) for f in names])

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m napari_pathsegdiff._demo [--screenshot FILE] [PATH]
+    python -m napari_pathsegdiff._widgets._demo [--screenshot FILE] [PATH]
 
 When the default backbone and the demo head ship with the package, the widget segments the
 visible region at once ("Segment view"); otherwise the widget says that no default model is
@@ -37,7 +37,7 @@ NO_MODEL_NOTE = (
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m napari_pathsegdiff._demo",
+        prog="python -m napari_pathsegdiff._widgets._demo",
         description="Open a slide (default: the bundled sample) in napari with the PathSegDiff dock widget.",
     )
     parser.add_argument("path", nargs="?", type=Path, help="a slide file (.svs, .tif, .ndpi, ...)")
@@ -89,7 +89,7 @@ FAILURE_STARTS = ("Error", "Not run", "No ")
 
 
 def _default_model_installed() -> bool:
-    from .engine.shipped_models import default_backbone_installed, demo_head_folder
+    from ..engine.shipped_models import default_backbone_installed, demo_head_folder
 
     return default_backbone_installed() and demo_head_folder() is not None
 
