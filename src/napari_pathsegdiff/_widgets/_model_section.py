@@ -136,7 +136,7 @@ class ModelSection(QWidget):
             self.head_label.setText("new (untrained): paint two classes or more, then train")
         else:
             self.head_label.setText(f"{len(head.class_ids)} classes: {', '.join(head.class_names)}"
-                                    + (f" · {head.config.mpp:g} µm/px" if head.config.mpp else ""))
+                                    + (f" · {head.mpp:g} µm/px" if head.mpp else ""))
         self.folder_label.setText(_home_short(session.folder))
         self.folder_label.setToolTip(str(session.folder))
 

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.level is not None and args.region is None:
         raise UserError("--level needs --region Y X H W.")
     head = load_head(args.head)
-    kind = feature_kind(head.config.feature_config or {})
+    kind = feature_kind(head.feature_config)
     if args.features and args.features != kind:
         raise UserError(f"Head {args.head} needs {kind} features, not {args.features}.")
     try:

@@ -200,7 +200,7 @@ def _fine_tune(args, samples, common):
     from . import UserError
 
     head = load_head(args.init)
-    kind = feature_kind(head.config.feature_config)
+    kind = feature_kind(head.feature_config)
     if args.features not in (None, "auto", kind):
         raise UserError(f"--init head {args.init} was trained on {kind} features, not {args.features}.")
     if args.head_kind not in (None, "auto", head.head_kind):

@@ -45,7 +45,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,10 @@ _OME_UNITS_UM = {
 }
 # µm/px that a brightfield scan can plausibly have; outside, resolution tags are defaults
 _PLAUSIBLE_MPP = (0.01, 50.0)
+
+
+MPP_TOLERANCE = 0.05
+"""Relative difference of µm/px treated as the same scale (no resampling, level accepted)."""
 
 
 class SlideError(ValueError):
@@ -158,8 +162,19 @@ class Slide:
             return None
         return self.mpp * (dy + dx) / 2.0
 
+    def with_mpp(self, mpp: float, source: str) -> "Slide":
+        """This slide with a level-0 µm/px a person gave (its file records none, or a wrong one).
+
+        A new :class:`Slide` sharing the file and its pyramid (close the original, not this
+        one); the slide itself is not changed. ``source`` is kept as ``metadata["mpp_source"]``.
+        """
+        from .scale_plan import check_mpp
+
+        metadata = {**self.metadata, "mpp_source": source}
+        return replace(self, mpp=check_mpp(mpp), metadata=metadata, _identity=self.identity, _tiff=None)
+
     def best_level_for_mpp(self, mpp: float) -> int:
-        """The coarsest level whose µm/px is at most ``mpp`` (5 % tolerance).
+        """The coarsest level whose µm/px is at most ``mpp`` (within :data:`MPP_TOLERANCE`).
 
         The finest level (0) when every level is coarser than ``mpp``.
 
@@ -175,11 +190,9 @@ class Slide:
             )
         if not mpp > 0:
             raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp!r}.")
-        best = 0
-        for level in range(len(self.levels)):
-            if self.level_mpp(level) <= mpp * 1.05:
-                best = level
-        return best
+        from .scale_plan import best_level
+
+        return best_level(self, mpp, self.mpp)
 
     # --- reading -------------------------------------------------------------------------
     def read_region(self, region: Region) -> np.ndarray:

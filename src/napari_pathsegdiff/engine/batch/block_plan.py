@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...core.region import Region
+from ...core.scale_plan import AnalysisPlan, ScaleError, check_mpp, plan_for_slide
 from ...core.slide import Slide
 from ...core.tissue import tissue_mask
 
@@ -48,13 +49,14 @@ class Block:
 
 def choose_level(
     slide: Slide, *, head_mpp: float | None, level: int | None = None, mpp: float | None = None
-) -> tuple[int, list[str]]:
-    """The analysis level of ``slide`` for a head analysing at ``head_mpp`` µm/px.
+) -> AnalysisPlan:
+    """The analysis plan of ``slide`` for a head analysing at ``head_mpp`` µm/px
+    (:func:`~napari_pathsegdiff.core.scale_plan.plan_for_slide`, refusing an unknown µm/px).
 
     Parameters
     ----------
     slide : Slide
-        The open slide; when ``mpp`` is given it becomes the slide's level-0 µm/px.
+        The open slide (not changed).
     head_mpp : float or None
         µm/px the head was trained at (None: any scale, level 0 unless ``level``).
     level : int, optional
@@ -62,47 +64,17 @@ def choose_level(
     mpp : float, optional
         µm/px of level 0 when the file does not say, or to override it (``--mpp``).
 
-    Returns
-    -------
-    level : int
-    notes : list of str
-        What the summary should say (the µm/px source, resampling).
-
     Raises
     ------
     SlideFailed
         The level does not exist, or the head needs a µm/px that neither the file nor
         ``mpp`` gives.
     """
-    notes = []
-    if mpp is not None:
-        if not (math.isfinite(mpp) and mpp > 0):
-            raise ValueError(f"--mpp must be a positive number of µm per pixel, got {mpp!r}.")
-        slide.mpp = float(mpp)
-        slide.metadata["mpp_source"] = "given (--mpp)"
-    n = len(slide.levels)
-    if level is not None:
-        if not 0 <= level < n:
-            raise SlideFailed(f"level {level} does not exist: the slide has levels 0..{n - 1}")
-        chosen = int(level)
-    elif head_mpp is None:
-        chosen = 0
-    elif slide.mpp is None:
-        raise SlideFailed(
-            f"the µm/px of the slide is unknown and the head analyses at {head_mpp:g} µm/px: "
-            "give the slide's level-0 µm/px with --mpp"
-        )
-    else:
-        chosen = slide.best_level_for_mpp(head_mpp)
-    level_mpp = slide.level_mpp(chosen)
-    if head_mpp is not None and level_mpp is not None and abs(head_mpp / level_mpp - 1) > 0.05:
-        notes.append(
-            f"level {chosen} is {level_mpp:.4g} µm/px and the head {head_mpp:.4g} µm/px: tiles are "
-            "resampled to the head's µm/px and the labels back to the level's pixels"
-        )
-    if head_mpp is not None and level_mpp is None:
-        notes.append(f"µm/px unknown: level {chosen} analysed as if it were {head_mpp:g} µm/px")
-    return chosen, notes
+    check_mpp(mpp, what="--mpp")
+    try:
+        return plan_for_slide(slide, target_mpp=head_mpp, level=level, mpp=mpp, require_mpp=True)
+    except ScaleError as exc:
+        raise SlideFailed(str(exc)) from exc
 
 
 def plan_blocks(

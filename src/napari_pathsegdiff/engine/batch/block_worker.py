@@ -162,17 +162,18 @@ def predict_block(job: BlockJob, region: Region) -> np.ndarray:
     would decode each chunk several times. Values are the same, so are the labels.
     """
     from ..inference.predict import predict_region
-    from ..inference.tile_features import analysis_scale, make_grid, source_mpp
+    from ...core.scale_plan import plan_at_level
+    from ..inference.tile_features import make_grid
 
     head, extractor = worker_models(
         job.head_dir, head_identity=job.head_identity, device=job.device, backbone=job.backbone
     )
     slide = worker_slide(job.slide_path, job.slide_identity, max_pixels=job.max_pixels)
-    grid = make_grid(extractor, analysis_scale(source_mpp(slide, region.level, job.mpp), head.config.mpp))
-    window = tile_window(grid, region)
+    plan = plan_at_level(slide, region.level, target_mpp=head.mpp, mpp=job.mpp)
+    window = tile_window(make_grid(extractor, plan.scale), region)
     source = WindowedSlide(slide, window, slide.read_region(window))
     work = predict_region(
-        source, region, head=head, extractor=extractor, mpp=job.mpp, batch_size=job.batch_size
+        source, region, head=head, extractor=extractor, plan=plan, batch_size=job.batch_size
     )
     return drive(work, show=False).labels
 

@@ -323,20 +323,20 @@ def _close(summary: dict, folder: Path, t0: float, error: Exception | None, repo
 def _run_slide(slide, folder: Path, options: BatchOptions, head: _Head, runner: BlockRunner,
                summary: dict, report, position: tuple[int, int]) -> Callable[[], None]:
     """Plan and compute the blocks of ``slide``; returns the function that writes its outputs."""
-    level, notes = choose_level(slide, head_mpp=head.mpp, level=options.level, mpp=options.mpp)
-    summary["notes"] += notes
+    plan = choose_level(slide, head_mpp=head.mpp, level=options.level, mpp=options.mpp)
+    level, level_mpp = plan.level, plan.level_mpp
+    summary["notes"] += list(plan.notes)
     shape = tuple(int(v) for v in slide.levels[level].shape[:2])
-    level_mpp = slide.level_mpp(level)
     summary.update(
         level=level, level_shape=list(shape), level_downsample=list(slide.downsamples[level]),
-        mpp=level_mpp, mpp_source=slide.metadata.get("mpp_source"), block=options.block,
+        mpp=level_mpp, mpp_source=plan.mpp_source, block=options.block,
         region=list(options.region) if options.region else None,
     )
 
     tissue = find_tissue(slide)
     summary["tissue"] = {
         "level": tissue.level, "step": tissue.step, "fraction": round(float(tissue.mask.mean()), 6),
-        "area_mm2": tissue.area_mm2(slide.mpp),
+        "area_mm2": tissue.area_mm2(plan.slide_mpp),
     }
     if not tissue.mask.any():
         raise SlideFailed(
@@ -499,8 +499,7 @@ def _read_head(folder: Path) -> _Head:
 
     head = load_head(folder)
     classes = list(zip(head.class_ids, head.class_names, head.class_colors))
-    mpp = float(head.config.mpp) if head.config.mpp is not None else None
-    return _Head(folder=folder, identity=head_identity(folder), mpp=mpp, classes=classes)
+    return _Head(folder=folder, identity=head_identity(folder), mpp=head.mpp, classes=classes)
 
 
 def _one_line(summary: dict) -> str:

@@ -19,14 +19,8 @@ from ...core.progress import Progress, Work, drive
 from ...core.region import Region
 from ...core.tiling import Stitcher
 from ...models.dihedral import DihedralView, transforms, untransform
-from .tile_features import (
-    analysis_scale,
-    as_slide,
-    iter_tile_features,
-    make_grid,
-    source_mpp,
-    whole_level,
-)
+from ...core.scale_plan import AnalysisPlan, plan_at_level
+from .tile_features import as_slide, iter_tile_features, make_grid, whole_level
 
 
 @dataclass
@@ -75,6 +69,7 @@ def predict_region(
     mpp: float | None = None,
     return_probabilities: bool = False,
     tta: int = 1,
+    plan: AnalysisPlan | None = None,
 ) -> Work[Prediction]:
     """Predict ``region`` of ``source``; a generator yielding one :class:`Progress` per batch.
 
@@ -99,6 +94,9 @@ def predict_region(
     tta : int
         Dihedral test-time augmentation: the mean probabilities over 1, 2, 4 or 8 flips and
         rotations of every tile (features extracted once per transform).
+    plan : AnalysisPlan, optional
+        The analysis scale of ``region``'s level when the caller has planned it already
+        (:func:`~napari_pathsegdiff.core.scale_plan.plan_at_level`).
 
     Returns
     -------
@@ -108,16 +106,10 @@ def predict_region(
     head.check_compatible(extractor)
     slide = as_slide(source, mpp=mpp)
     region = whole_level(slide, 0) if region is None else region
-    level_mpp = source_mpp(slide, region.level, mpp)
-    target_mpp = head.config.mpp
-    notes = []
-    if target_mpp is not None and level_mpp is None:
-        notes.append(
-            f"the µm/px of the input is unknown: analysed as if it were the head's "
-            f"{target_mpp:g} µm/px (give --mpp to resample)"
-        )
-    scale = analysis_scale(level_mpp, target_mpp)
-    grid = make_grid(extractor, scale)
+    if plan is None:
+        plan = plan_at_level(slide, region.level, target_mpp=head.mpp, mpp=mpp)
+    notes = [n for n in plan.notes if n.startswith("µm/px unknown")]
+    grid = make_grid(extractor, plan.scale)
     box = grid.analysis_box(region)
     tiles = grid.tiles(box)
     stitch_probs = return_probabilities or grid.resampled
@@ -155,9 +147,9 @@ def predict_region(
         probabilities=probabilities,
         region=region,
         class_ids=head.class_ids,
-        scale=scale,
-        source_mpp=level_mpp,
-        analysis_mpp=target_mpp if scale != 1.0 else (level_mpp or target_mpp),
+        scale=plan.scale,
+        source_mpp=plan.level_mpp,
+        analysis_mpp=plan.analysis_mpp,
         notes=notes,
         cache=stats,
     )

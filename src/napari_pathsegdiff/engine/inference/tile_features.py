@@ -1,4 +1,7 @@
-"""Shared steps of prediction and training: sources, analysis scale, and tile features via the cache."""
+"""Shared steps of prediction and training: sources, the tile grid, and tile features via the cache.
+
+The analysis scale itself is planned in :mod:`~napari_pathsegdiff.core.scale_plan`.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,6 @@ from ...core.region import Region
 from ...core.slide import Slide
 from ...core.tiling import Tile, TileGrid
 
-#: Relative difference of µm/px below which no resampling is done.
-MPP_TOLERANCE = 0.05
-
-
 def as_slide(source, *, mpp: float | None = None) -> Slide:
     """A :class:`Slide` for ``source`` (a slide, or an RGB/RGBA array wrapped as one)."""
     if isinstance(source, Slide):
@@ -26,24 +25,6 @@ def whole_level(slide: Slide, level: int = 0) -> Region:
     """The region covering all of ``level``."""
     h, w = slide.levels[level].shape[:2]
     return Region(level, 0, 0, int(h), int(w))
-
-
-def source_mpp(slide: Slide, level: int, mpp: float | None = None) -> float | None:
-    """µm/px of ``level``: from ``mpp`` (level 0, given by the user) or from the slide."""
-    if mpp is not None:
-        if not mpp > 0:
-            raise ValueError(f"µm/px must be positive, got {mpp}.")
-        dy, dx = slide.downsamples[level]
-        return float(mpp) * (dy + dx) / 2.0
-    return slide.level_mpp(level)
-
-
-def analysis_scale(level_mpp: float | None, target_mpp: float | None) -> float:
-    """Source pixels per analysis pixel: ``target / level`` µm/px, or 1 within 5 % or unknown."""
-    if level_mpp is None or target_mpp is None:
-        return 1.0
-    scale = float(target_mpp) / float(level_mpp)
-    return 1.0 if abs(scale - 1.0) <= MPP_TOLERANCE else scale
 
 
 def make_grid(extractor, scale: float) -> TileGrid:

@@ -33,6 +33,7 @@ from ...core.feature_cache import FeatureCache
 from ...core.label_store import ClassInfo, LabelStore, LabelStoreError
 from ...core.progress import Progress, Work
 from ...core.region import Region
+from ...core.scale_plan import plan_for_slide
 from ...core.slide import Slide
 from .session_folder import (
     HEAD,
@@ -59,6 +60,8 @@ DEFAULT_ANALYSIS_MPP = 0.5
 MAX_SEGMENT_PIXELS = 4096 * 4096
 """Largest region (analysis pixels) one "Segment" segments; larger views must zoom in."""
 SUGGESTION_BLOCK = BLOCK
+GIVEN_MPP = "given (kept in the session)"
+"""The ``mpp_source`` of a level-0 µm/px given in the session (its slide file records none)."""
 
 __all__ = [
     "AnnotationError",
@@ -264,11 +267,11 @@ class AnnotationSession:
         if extractor is None and given is not None:
             from ...models.features import build_extractor
 
-            extractor = build_extractor(dict(given.config.feature_config or {}))
+            extractor = build_extractor(given.feature_config)
         store, level = _open_store(slide, folder / LABELS, extractor=extractor, head=given,
                                    classes=classes, analysis_mpp=analysis_mpp)
         if slide.mpp is None and store.given_slide_mpp is not None:
-            _use_given_mpp(slide, store.given_slide_mpp)
+            slide = slide.with_mpp(store.given_slide_mpp, GIVEN_MPP)
         session = cls(slide, store, folder, level=level, extractor=extractor, cache=cache)
         session._lock = lock
         if head is not None:
@@ -368,7 +371,7 @@ class AnnotationSession:
         if self.extractor is None:
             from ...models.features import build_extractor
 
-            self.extractor = build_extractor(dict(head.config.feature_config or {}))
+            self.extractor = build_extractor(head.feature_config)
         head.check_compatible(self.extractor)
         ids = store_ids_for(head.class_ids)
         table = {c.id: c for c in self.classes}
@@ -428,7 +431,7 @@ class AnnotationSession:
                 f"The slide file records its µm/px ({self.slide.mpp:.4g}): that one is used."
             )
         self.store.set_given_slide_mpp(float(mpp))
-        _use_given_mpp(self.slide, float(mpp))
+        self.slide = self.slide.with_mpp(float(mpp), GIVEN_MPP)
 
     # --- geometry -----------------------------------------------------------------------------
     @property
@@ -740,12 +743,12 @@ def _open_store(slide: Slide, path: Path, *, extractor, head, classes, analysis_
         return store, level
     mpp = analysis_mpp
     if mpp is None and head is not None:
-        mpp = head.config.mpp
+        mpp = head.mpp
     if mpp is None and extractor is not None:
         mpp = extractor.mpp
     if mpp is None:
         mpp = DEFAULT_ANALYSIS_MPP
-    level = slide.best_level_for_mpp(mpp) if slide.mpp is not None else 0
+    level = plan_for_slide(slide, target_mpp=mpp).level
     if classes is None and head is not None:
         ids = store_ids_for(head.class_ids)
         classes = [ClassInfo(i, n, c) for i, n, c in zip(ids, head.class_names, head.class_colors)]
@@ -759,12 +762,6 @@ def _open_store(slide: Slide, path: Path, *, extractor, head, classes, analysis_
         classes=list(classes or []),
     )
     return store, level
-
-
-def _use_given_mpp(slide: Slide, mpp: float) -> None:
-    """Use the level-0 µm/px a person gave for ``slide`` (its file records none)."""
-    slide.mpp = float(mpp)
-    slide.metadata["mpp_source"] = "given (kept in the session)"
 
 
 def _level_of(slide: Slide, store: LabelStore) -> int:

@@ -38,15 +38,9 @@ import torch.nn.functional as F
 from ...core.feature_cache import FeatureCache
 from ...core.progress import Progress, Work
 from ...core.region import Region
+from ...core.scale_plan import level_mpp, plan_at_level
 from ...models.heads import SegmentationHead, new_head
-from ..inference.tile_features import (
-    analysis_scale,
-    as_slide,
-    iter_tile_features,
-    make_grid,
-    source_mpp,
-    whole_level,
-)
+from ..inference.tile_features import as_slide, iter_tile_features, make_grid, whole_level
 
 
 @dataclass
@@ -308,7 +302,7 @@ def gather_labelled_tiles(
     else:
         classes = _classes(samples, class_ids, unlabelled)
     encoder = _LabelEncoder(classes, unlabelled, head)
-    target_mpp = head.config.mpp if head is not None else _analysis_mpp(samples, extractor)
+    target_mpp = head.mpp if head is not None else _analysis_mpp(samples, extractor)
 
     # 1. labels on the analysis grid, and the tiles that hold labelled pixels
     jobs = []  # (slide, level, grid, [(tile, label array over tile.outer)], sample weight, index)
@@ -350,7 +344,7 @@ def _labelled_tiles_of(s: TrainSample, encoder, extractor, target_mpp):
             f"{region.height}x{region.width}: they must be the same size."
         )
     encoded = encoder(mask, s.name)
-    grid = make_grid(extractor, analysis_scale(source_mpp(slide, region.level, s.mpp), target_mpp))
+    grid = make_grid(extractor, plan_at_level(slide, region.level, target_mpp=target_mpp, mpp=s.mpp).scale)
     box = grid.analysis_box(region)
     labels = grid.labels_to_analysis(encoded, region, box, fill=-1) if grid.resampled else encoded
     tiles = []
@@ -597,7 +591,7 @@ def _analysis_mpp(samples: list[TrainSample], extractor) -> float | None:
     for s in samples:
         slide = as_slide(s.source, mpp=s.mpp)
         level = 0 if s.region is None else s.region.level
-        m = source_mpp(slide, level, s.mpp)
+        m = level_mpp(slide, level, s.mpp)
         if m is not None:
             known.append(m)
     return float(np.median(known)) if known else None

@@ -41,6 +41,17 @@ class HeadMixin:
     #: 1 for heads trained with dihedral augmentation, more for those that are not.
     default_tta: int = 1
 
+    # --- what the engine reads -------------------------------------------------------------
+    @property
+    def mpp(self) -> float | None:
+        """µm/px the head analyses at (None: the pixels it is given, as they are)."""
+        return None if self.config.mpp is None else float(self.config.mpp)
+
+    @property
+    def feature_config(self) -> dict:
+        """The config of the features the head needs (for ``build_extractor``)."""
+        return dict(self.config.feature_config or {})
+
     # --- classes ---------------------------------------------------------------------------
     @property
     def class_ids(self) -> list[int]:
