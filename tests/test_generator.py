@@ -18,7 +18,7 @@ from napari_pathsegdiff.core.images import read_mask
 from napari_pathsegdiff.core.progress import drive
 from napari_pathsegdiff.engine.runs.generator_training import make_settings, train_generator
 from napari_pathsegdiff.engine.runs.layouts import LayoutSampler, layout_tiles
-from napari_pathsegdiff.engine.training.train_head import weighted_cross_entropy
+from napari_pathsegdiff.engine.training.fit_fcn import weighted_cross_entropy
 from napari_pathsegdiff.models.backbone import build_random_backbone, load_backbone
 from napari_pathsegdiff.models.generator import (
     GeneratorError,

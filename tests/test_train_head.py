@@ -158,7 +158,7 @@ def test_bad_training_input_is_refused(rgb):
 @pytest.mark.parametrize("strides", [[1], [2, 4], [4, 8, 16]])
 def test_window_scores_equal_whole_tile_scores_at_labelled_pixels(strides):
     """Training windows see exactly what a whole-tile prediction computes at their labels."""
-    from napari_pathsegdiff.engine.training.train_head import _window_scores, _windows
+    from napari_pathsegdiff.engine.training.fit_fcn import _window_scores, _windows
     from napari_pathsegdiff.models.heads import SegmentationHead
 
     outer, channels = 96, [5, 6, 7][: len(strides)]

@@ -176,7 +176,7 @@ def _changed_fcn_options(args) -> dict:
     """The FCN settings given on the command line that differ from the fit's defaults."""
     import inspect
 
-    from ..engine.training.train_head import fit_fcn
+    from ..engine.training.fit_fcn import fit_fcn
 
     defaults = {k: p.default for k, p in inspect.signature(fit_fcn).parameters.items()}
     return {k: v for k, v in _fcn_options(args).items() if v != defaults.get(k)}

@@ -246,18 +246,18 @@ def train_session_generator(
 def with_threads(work: Work, threads: int | None) -> Work:
     """``work`` advanced with ``threads`` torch threads, the previous number restored at each
     yield (so other work in the process is not slowed while it waits)."""
-    from ..training.train_head import _torch_threads
+    from ..training.fit_fcn import torch_threads
 
     try:
         while True:
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 try:
                     record = next(work)
                 except StopIteration as stop:
                     return stop.value
             yield record
     finally:
-        with _torch_threads(threads):
+        with torch_threads(threads):
             work.close()
 
 
