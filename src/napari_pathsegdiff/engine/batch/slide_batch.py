@@ -323,16 +323,55 @@ def _close(summary: dict, folder: Path, t0: float, error: Exception | None, repo
 def _run_slide(slide, folder: Path, options: BatchOptions, head: _Head, runner: BlockRunner,
                summary: dict, report, position: tuple[int, int]) -> Callable[[], None]:
     """Plan and compute the blocks of ``slide``; returns the function that writes its outputs."""
+    # 1. the analysis level and scale
     plan = choose_level(slide, head_mpp=head.mpp, level=options.level, mpp=options.mpp)
-    level, level_mpp = plan.level, plan.level_mpp
+    shape = tuple(int(v) for v in slide.levels[plan.level].shape[:2])
     summary["notes"] += list(plan.notes)
-    shape = tuple(int(v) for v in slide.levels[level].shape[:2])
     summary.update(
-        level=level, level_shape=list(shape), level_downsample=list(slide.downsamples[level]),
-        mpp=level_mpp, mpp_source=plan.mpp_source, block=options.block,
+        level=plan.level, level_shape=list(shape), level_downsample=list(slide.downsamples[plan.level]),
+        mpp=plan.level_mpp, mpp_source=plan.mpp_source, block=options.block,
         region=list(options.region) if options.region else None,
     )
+    # 2. the blocks to compute: in the region, with tissue, not done by an earlier run
+    planned, blocks = _plan_slide_blocks(slide, plan, shape, options, summary)
+    labels_path, done_dir = _prepare_work(folder, slide, plan.level, shape, options, head)
+    todo = [b for b in planned if b.key not in read_done(done_dir)]
+    blocks.update(resumed=len(planned) - len(todo), computed=0)
+    summary["blocks"] = blocks
+    report(Progress("slides", position[0], position[1],
+                    f"{slide_name(slide.path)}: level {plan.level} {shape[0]}x{shape[1]} px, "
+                    f"{len(todo)} blocks to compute ({blocks['resumed']} done before, "
+                    f"{blocks['skipped_no_tissue']} without tissue skipped)"))
+    # 3. the blocks, on the runner's workers
+    job = BlockJob(
+        slide_path=str(slide.path), slide_identity=slide.identity, level=plan.level, mpp=options.mpp,
+        head_dir=str(head.folder), head_identity=head.identity, device=options.device,
+        backbone=options.backbone, batch_size=options.batch_size, labels_path=str(labels_path),
+        done_dir=str(done_dir), max_pixels=options.max_pixels,
+    )
+    seconds = summary["seconds"] = _compute_blocks(job, todo, runner, blocks)
+    # 4. class areas, then the outputs once every slide is computed
+    summary["classes"] = _class_areas(planned, read_done(done_dir), head.classes, plan.level_mpp)
+    summary["not_segmented_pixels"] = int(shape[0] * shape[1] - sum(b.pixels for b in planned))
+    if plan.level_mpp is None:
+        summary["notes"].append("µm/px unknown: areas are given in pixels only")
+    downsample = tuple(slide.downsamples[plan.level])
 
+    def finish() -> None:
+        t_out = time.perf_counter()
+        summary["outputs"] = write_slide_outputs(
+            folder, labels_path, name=summary["name"], mpp=plan.level_mpp, level_downsample=downsample,
+            classes=head.classes, ome_tiff=options.ome_tiff,
+        )
+        seconds["outputs"] = round(time.perf_counter() - t_out, 3)
+
+    return finish
+
+
+def _plan_slide_blocks(slide, plan, shape: tuple[int, int], options: BatchOptions,
+                       summary: dict) -> tuple[list, dict]:
+    """The blocks in ``--region`` holding tissue (all of them without ``--tissue-only``) and
+    their counts; the tissue figures go into ``summary``."""
     tissue = find_tissue(slide)
     summary["tissue"] = {
         "level": tissue.level, "step": tissue.step, "fraction": round(float(tissue.mask.mean()), 6),
@@ -347,36 +386,24 @@ def _run_slide(slide, folder: Path, options: BatchOptions, head: _Head, runner: 
     if options.region is not None:
         y, x, h, w = options.region
         try:
-            within = Region(level, y, x, h, w).clip(shape)
+            within = Region(plan.level, y, x, h, w).clip(shape)
         except ValueError as exc:
             raise SlideFailed(f"--region: {exc}") from exc
-    all_blocks = plan_blocks(shape, level=level, block=options.block)
-    in_region = plan_blocks(shape, level=level, block=options.block, within=within)
+    all_blocks = plan_blocks(shape, level=plan.level, block=options.block)
+    in_region = plan_blocks(shape, level=plan.level, block=options.block, within=within)
     fractions = {b.key: tissue.fraction(b.region, slide.downsamples) for b in in_region}
     planned = [b for b in in_region if fractions[b.key] > 0] if options.tissue_only else in_region
-
-    labels_path, done_dir = _prepare_work(folder, slide, level, shape, options, head)
-    done = read_done(done_dir)
-    todo = [b for b in planned if b.key not in done]
-    blocks = {
+    summary["tissue"]["pixels_in_planned_blocks"] = int(sum(fractions[b.key] * b.pixels for b in planned))
+    counts = {
         "total": len(all_blocks), "outside_region": len(all_blocks) - len(in_region),
         "tissue": sum(f > 0 for f in fractions.values()),
-        "skipped_no_tissue": len(in_region) - len(planned),
-        "planned": len(planned), "resumed": len(planned) - len(todo), "computed": 0,
+        "skipped_no_tissue": len(in_region) - len(planned), "planned": len(planned),
     }
-    summary["tissue"]["pixels_in_planned_blocks"] = int(sum(fractions[b.key] * b.pixels for b in planned))
-    summary["blocks"] = blocks
-    report(Progress("slides", position[0], position[1],
-                    f"{slide_name(slide.path)}: level {level} {shape[0]}x{shape[1]} px, "
-                    f"{len(todo)} blocks to compute ({blocks['resumed']} done before, "
-                    f"{blocks['skipped_no_tissue']} without tissue skipped)"))
+    return planned, counts
 
-    job = BlockJob(
-        slide_path=str(slide.path), slide_identity=slide.identity, level=level, mpp=options.mpp,
-        head_dir=str(head.folder), head_identity=head.identity, device=options.device,
-        backbone=options.backbone, batch_size=options.batch_size, labels_path=str(labels_path),
-        done_dir=str(done_dir), max_pixels=options.max_pixels,
-    )
+
+def _compute_blocks(job: BlockJob, todo: list, runner: BlockRunner, blocks: dict) -> dict:
+    """Run one task per block on ``runner``; returns the timings (``blocks["computed"]`` set)."""
     token = tokenize(job)[:12]
     tasks = [
         dask.delayed(run_block, pure=False)(job, b, dask_key_name=f"segment-block-{token}-{b.key}")
@@ -388,24 +415,7 @@ def _run_slide(slide, folder: Path, options: BatchOptions, head: _Head, runner: 
     blocks["computed"] = len(records)
     if records:
         seconds["per_block_mean"] = round(float(np.mean([r["seconds"] for r in records])), 4)
-
-    summary["classes"] = _class_areas(planned, read_done(done_dir), head.classes, level_mpp)
-    summary["not_segmented_pixels"] = int(shape[0] * shape[1] - sum(b.pixels for b in planned))
-    if level_mpp is None:
-        summary["notes"].append("µm/px unknown: areas are given in pixels only")
-
-    summary["seconds"] = seconds
-    downsample = tuple(slide.downsamples[level])
-
-    def finish() -> None:
-        t_out = time.perf_counter()
-        summary["outputs"] = write_slide_outputs(
-            folder, labels_path, name=summary["name"], mpp=level_mpp, level_downsample=downsample,
-            classes=head.classes, ome_tiff=options.ome_tiff,
-        )
-        seconds["outputs"] = round(time.perf_counter() - t_out, 3)
-
-    return finish
+    return seconds
 
 
 def _class_areas(planned, done: dict, classes, level_mpp: float | None) -> list[dict]:
