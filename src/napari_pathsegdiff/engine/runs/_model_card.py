@@ -45,39 +45,48 @@ def _relative_names(paths: list[str]) -> list[str]:
 
 
 def write_model_card(folder: Path, *, record: dict, states: dict, log: Path, models: dict, dtype: str) -> Path:
-    """Write ``folder/MODEL_CARD.md`` for an exported backbone."""
+    """Write ``folder/MODEL_CARD.md`` for an exported backbone: what it is, its architecture,
+    its training, its data and the checksums of its files."""
     from ...models.backbone import backbone_identity
 
-    meta = record["architecture"]["meta"]
-    identity = backbone_identity(folder)
-    settings = record["settings"]
-    losses = _final_losses(log)
-    data = record["data"]
-    names = _relative_names([d["path"] for d in data])
+    meta, settings = record["architecture"]["meta"], record["settings"]
     lines = [
         f"# {meta['name']}",
         "",
-        f"Identity: `{identity}`",
+        f"Identity: `{backbone_identity(folder)}`",
         "",
         "A small latent diffusion model of H&E histopathology, used as a frozen feature "
         "extractor: a self-supervised tile encoder (the guide), an `AutoencoderKL` and a "
         "`UNet2DConditionModel` that cross-attends to the guide's tokens (condition dropout "
         f"{settings['cond_dropout']:.0%}, so zeros give the unconditional model). Tiles of "
         f"{meta['tile_size']} px at {meta['mpp']} µm/px.",
-        "",
-        "## Architecture",
-        "",
-        "| part | class | parameters | MB as saved |",
-        "|---|---|---|---|",
     ]
+    lines += _architecture_section(folder, record, models, dtype)
+    lines += _training_section(record, states, _final_losses(log))
+    lines += _data_section(record)
+    lines += _files_section(folder)
+    out = folder / "MODEL_CARD.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _architecture_section(folder: Path, record: dict, models: dict, dtype: str) -> list[str]:
+    meta = record["architecture"]["meta"]
+    lines = ["", "## Architecture", "", "| part | class | parameters | MB as saved |", "|---|---|---|---|"]
     for name, model in models.items():
         n = sum(p.numel() for p in model.parameters())
         size = sum(f.stat().st_size for f in (folder / name).glob("*.safetensors")) / 1e6
         lines.append(f"| {name} | {type(model).__name__} | {n / 1e6:.2f} M | {size:.1f} |")
-    lines += [
+    return lines + [
         "",
         f"Weights in {dtype}. Defaults: timesteps {meta['default_timesteps']}, UNet up blocks "
         f"{meta['default_blocks']}. Architecture configuration: `{record['config']}`.",
+    ]
+
+
+def _training_section(record: dict, states: dict, losses: dict) -> list[str]:
+    settings = record["settings"]
+    lines = [
         "",
         "## Training",
         "",
@@ -98,7 +107,7 @@ def write_model_card(folder: Path, *, record: dict, states: dict, log: Path, mod
             f"| {stage} | {objectives[stage]} | {st.get('step', 0)} | {st.get('budget', '–')} | "
             f"{'yes' if st.get('finished') else 'no'} | {st.get('wall_s', 0) / 3600:.2f} h | {first} | {final} |"
         )
-    lines += [
+    return lines + [
         "",
         f"Device: {record.get('device')}. torch {torch.__version__}. Seed {settings['seed']}. "
         "Batches, crops, augmentations and noise of step k depend only on (seed, stage, k).",
@@ -108,6 +117,12 @@ def write_model_card(folder: Path, *, record: dict, states: dict, log: Path, mod
         "```json",
         json.dumps(settings, indent=1),
         "```",
+    ]
+
+
+def _data_section(record: dict) -> list[str]:
+    settings, data = record["settings"], record["data"]
+    lines = [
         "",
         "## Data",
         "",
@@ -120,7 +135,7 @@ def write_model_card(folder: Path, *, record: dict, states: dict, log: Path, mod
         "| file | kind | µm/px | from | tiles | bytes | sha256 |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, d in zip(names, data):
+    for name, d in zip(_relative_names([d["path"] for d in data]), data):
         lines.append(
             f"| {name} | {d['kind']} | {d['mpp']:g} | {d['mpp_origin']} | {d.get('tiles', 0)} | "
             f"{d.get('bytes', '')} | `{d.get('sha256', '')[:16]}…` |"
@@ -128,10 +143,12 @@ def write_model_card(folder: Path, *, record: dict, states: dict, log: Path, mod
     if record.get("skipped"):
         lines += ["", "Sources that gave no tile:", ""]
         lines += [f"- {Path(s['path']).name}: {s['reason']}" for s in record["skipped"]]
-    lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
+    return lines
+
+
+def _files_section(folder: Path) -> list[str]:
+    lines = ["", "## Files", "", "| file | sha256 |", "|---|---|"]
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != "MODEL_CARD.md":
             lines.append(f"| {path.relative_to(folder).as_posix()} | `{_sha256(path)}` |")
-    out = folder / "MODEL_CARD.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return lines
