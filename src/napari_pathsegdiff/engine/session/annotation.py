@@ -632,26 +632,25 @@ class AnnotationSession:
     def _auto_train(self, samples, extractor, *, unlabelled, seed, budget_s, class_kwargs):
         """``auto`` over the session's features, alone and stacked with the filter bank, x head kinds,
         and the CNN features with a forest."""
-        from ...models.features import make_extractor
-        from ...models.fused_features import FusedFeatures
-        from ..training.auto_select import WIDGET_BUDGET_S, Candidate, auto_train
+        from ..training.auto_select import WIDGET_BUDGET_S, auto_train
 
-        base = extractor.kind
-        stacked = f"{base}+classic" if base not in ("classic", "fused") else None
-        names = [stacked, base] if stacked else [base]
-        candidates = [Candidate(n, h) for n in names for h in ("fcn", "forest")]
-        if base != "cnn":  # the strongest without a backbone on the validation splits
-            candidates.append(Candidate("cnn", "forest"))
-
-        def build(name):
-            parts = [extractor if p == base else make_extractor(p) for p in name.split("+")]
-            return parts[0] if len(parts) == 1 else FusedFeatures(parts)
-
+        candidates, build = auto_candidates(extractor)
         return (yield from auto_train(
             samples, make_extractor=build, candidates=candidates, unlabelled=unlabelled, seed=seed,
             budget_s=WIDGET_BUDGET_S if budget_s is None else budget_s, cache_for=lambda ex: self.cache,
             **class_kwargs,
         ))
+
+    # --- QuPath annotations in ----------------------------------------------------------------
+    def import_annotations(self, path: str | Path) -> Work:
+        """Paint the classified areas of a QuPath GeoJSON file as edits of this slide; a generator
+        returning an :class:`~napari_pathsegdiff.engine.session.annotation_import.ImportReport`
+        (see :func:`~napari_pathsegdiff.engine.session.annotation_import.import_annotations`)."""
+        from .annotation_import import import_annotations
+
+        name = Path(self.slide.path).name if self.slide.path else "this slide"
+        return (yield from import_annotations(path, store=self.store, slide_size=self.slide.shape,
+                                              slide_name=name, on_classes=self.set_classes))
 
     # --- suggestions --------------------------------------------------------------------------
     def where_to_label_next(self, *, size: int = 512) -> Suggestion:
@@ -726,6 +725,28 @@ class AnnotationSession:
 
 
 # --- module helpers -------------------------------------------------------------------------
+def auto_candidates(extractor):
+    """``auto``'s candidates for a session using ``extractor``, and the function building their
+    features: the session's features, alone and stacked with the filter bank, x head kinds, and
+    the CNN features with a forest."""
+    from ...models.features import make_extractor
+    from ...models.fused_features import FusedFeatures
+    from ..training.auto_select import Candidate
+
+    base = extractor.kind
+    stacked = f"{base}+classic" if base not in ("classic", "fused") else None
+    names = [stacked, base] if stacked else [base]
+    candidates = [Candidate(n, h) for n in names for h in ("fcn", "forest")]
+    if base != "cnn":  # the strongest without a backbone on the validation splits
+        candidates.append(Candidate("cnn", "forest"))
+
+    def build(name):
+        parts = [extractor if p == base else make_extractor(p) for p in name.split("+")]
+        return parts[0] if len(parts) == 1 else FusedFeatures(parts)
+
+    return candidates, build
+
+
 def _open_store(slide: Slide, path: Path, *, extractor, head, classes, analysis_mpp):
     """The label store at ``path`` (created on first use) and its pyramid level."""
     if path.exists():
