@@ -20,8 +20,11 @@ def register(subparsers) -> None:
             "workers see under the same paths). Exit status 1 when a slide failed."
         ),
     )
-    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .tif, ...)")
-    parser.add_argument("--head", required=True, metavar="HEAD_DIR", help="a head folder written by train")
+    parser.add_argument("slides", nargs="+", metavar="SLIDE",
+                        help="slide files (.svs, .tif, ...), or a project (its project.json or folder): "
+                             "all its slides")
+    parser.add_argument("--head", metavar="HEAD_DIR",
+                        help="a head folder written by train (default with a project: the project's head)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
@@ -77,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet and record.message:
             print(record.message, flush=True)
 
+    slides, head = expand_projects(args.slides, args.head)
     result = segment_slides(
-        args.slides, head=args.head, out=args.out, level=level, mpp=args.mpp,
+        slides, head=head, out=args.out, level=level, mpp=args.mpp,
         tissue_only=args.tissue_only, resume=args.resume, device=args.device, block=args.block,
         batch_size=args.batch_size, ome_tiff=args.ome_tiff, backbone=args.backbone,
         region=args.region, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
@@ -90,3 +94,33 @@ def run(args: argparse.Namespace) -> int:
     for s in result.failed:
         print(f"FAILED {s['slide']}: {s['reason']}")
     return 0 if result.ok else 1
+
+
+def expand_projects(items, head):
+    """Slide files of ``items`` (a project stands for its slides) and the head to use (``head``,
+    else the one project's head)."""
+    from pathlib import Path
+
+    from ..engine.session.project import PROJECT_FILE, read_project
+    from . import UserError
+
+    slides, project_heads = [], []
+    for item in items:
+        path = Path(item)
+        if path.name == PROJECT_FILE or (path.is_dir() and (path / PROJECT_FILE).is_file()):
+            project = read_project(path)
+            slides += [str(p) for p in project.slides]
+            project_heads.append(project.head)
+        else:
+            slides.append(str(item))
+    if head is None:
+        if len(project_heads) != 1:
+            raise UserError("Give --head HEAD_DIR (a head folder written by train, or a project's head).")
+        head = project_heads[0]
+        if not Path(head).is_dir():
+            raise UserError(f"The project's head {head} does not exist yet: train it first "
+                            "(Train on my edits, or pathsegdiff train --slides), or give --head.")
+    duplicates = sorted({s for s in slides if slides.count(s) > 1})
+    if duplicates:
+        raise UserError(f"These slides are given twice: {duplicates}.")
+    return slides, str(head)

@@ -12,12 +12,24 @@ def register(subparsers) -> None:
         help="train a segmentation head on images and masks",
         description=(
             "Train a segmentation head on RGB images (PNG, JPEG, TIFF) and same-named "
-            "single-channel masks whose values are class ids. The head is written to --out "
+            "single-channel masks whose values are class ids, or on whole slides (--slides) "
+            "with their QuPath GeoJSON annotations (--annotations, one per slide in the same "
+            "order) or the edits painted on them in napari. The head is written to --out "
             "(config.json, safetensors weights, training.json)."
         ),
     )
-    parser.add_argument("--images", required=True, metavar="DIR", help="folder of RGB images")
-    parser.add_argument("--masks", required=True, metavar="DIR", help="folder of same-named masks")
+    parser.add_argument("--images", metavar="DIR", help="folder of RGB images")
+    parser.add_argument("--masks", metavar="DIR", help="folder of same-named masks")
+    parser.add_argument("--slides", nargs="+", metavar="SLIDE",
+                        help="whole slides to train on (instead of --images/--masks)")
+    parser.add_argument("--annotations", nargs="+", metavar="GEOJSON",
+                        help="QuPath GeoJSON of each slide, in the order of --slides (default: the "
+                             "edits painted on each slide in napari)")
+    parser.add_argument("--sample-pixels", type=int, default=1_000_000, metavar="N",
+                        help="with --slides: labelled pixels trained on at most, shared between slides "
+                             "(default 1000000)")
+    parser.add_argument("--sample-windows", type=int, default=400, metavar="N",
+                        help="with --slides: 512-px chunks of labels trained on at most (default 400)")
     parser.add_argument("--out", required=True, metavar="HEAD_DIR", help="folder to write the head to")
     add_feature_options(parser, auto=True)
     parser.add_argument("--head", dest="head_kind", type=_head_kind, metavar="KIND",
@@ -103,6 +115,15 @@ def run(args: argparse.Namespace) -> int:
     from . import set_threads
 
     set_threads(args.threads)
+    if args.slides:
+        from ._train_slides import run_slides
+
+        return run_slides(args)
+    if args.annotations:
+        raise UserError("--annotations goes with --slides (one GeoJSON per slide).")
+    if not (args.images and args.masks):
+        raise UserError("Give --images and --masks (a folder of images and one of same-named masks), "
+                        "or --slides.")
 
     pairs = pair_images_and_masks(args.images, args.masks)
     samples = []
@@ -217,7 +238,15 @@ def _fine_tune(args, samples, common):
 def _auto(args, samples, common):
     """Candidates from --features/--head (auto where not given), scored and trained."""
     from ..core.progress import drive
-    from ..engine.training.auto_select import CLI_BUDGET_S, DEFAULT_CANDIDATES, Candidate, auto_train
+    from ..engine.training.auto_select import CLI_BUDGET_S, auto_train
+
+    return drive(auto_train(samples, make_extractor=lambda f: _extractor(args, f), candidates=_auto_candidates(args),
+                            budget_s=CLI_BUDGET_S if args.budget is None else args.budget, **common))
+
+
+def _auto_candidates(args):
+    """``auto``'s candidates from --features/--head (auto where not given) and the FCN settings."""
+    from ..engine.training.auto_select import DEFAULT_CANDIDATES, Candidate
     from ..models.heads import head_kinds
 
     features, head = args.features or "auto", args.head_kind or "auto"
@@ -228,9 +257,7 @@ def _auto(args, samples, common):
     else:
         candidates = [Candidate(features, h) for h in head_kinds()]
     fcn = tuple(sorted(_changed_fcn_options(args).items()))
-    candidates = [Candidate(c.features, c.head, fcn if c.head == "fcn" else c.settings) for c in candidates]
-    return drive(auto_train(samples, make_extractor=lambda f: _extractor(args, f), candidates=candidates,
-                            budget_s=CLI_BUDGET_S if args.budget is None else args.budget, **common))
+    return [Candidate(c.features, c.head, fcn if c.head == "fcn" else c.settings) for c in candidates]
 
 
 def _synthetic_samples(folder, weight: float) -> list:

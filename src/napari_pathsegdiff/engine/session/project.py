@@ -43,8 +43,8 @@ FORMAT = 1
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff")
 _KEYS = {"format", "slides", "classes", "head"}
 
-__all__ = ["PROJECT_FILE", "Project", "ProjectError", "new_project", "read_project", "slides_in_folder",
-           "project_slide_labels", "train_project", "write_project"]
+__all__ = ["PROJECT_FILE", "Project", "ProjectError", "new_project", "painted_slide", "read_project",
+           "slides_in_folder", "project_slide_labels", "train_project", "write_project"]
 
 
 class ProjectError(ValueError):
@@ -217,24 +217,28 @@ def project_slide_labels(project: Project, *, root: str | Path | None = None):
     """The painted labels of every slide that has a session, as ``PaintedSlide`` (slides without
     one are left out: nothing is painted there)."""
     from ...core.slide import open_slide
+
+    found = (painted_slide(open_slide(path), root=root) for path in project.slides)
+    return [p for p in found if p is not None]
+
+
+def painted_slide(slide, *, root: str | Path | None = None):
+    """The ``PaintedSlide`` of an open slide's session (its edits), or None when it has none."""
     from ..training.slide_labels import PaintedSlide
 
-    out = []
-    for path in project.slides:
-        slide = open_slide(path)
-        folder = existing_session_folder(path, slide.identity, root=root)
-        if folder is None:
-            continue
-        try:
-            store = LabelStore.open(folder / LABELS)
-        except LabelStoreError as exc:
-            raise ProjectError(f"The annotations of {path.name} cannot be read: {exc}") from exc
-        level = next((i for i, lv in enumerate(slide.levels) if tuple(int(s) for s in lv.shape[:2]) == store.shape), None)
-        if level is None:
-            raise ProjectError(f"The label store {store.path} fits no pyramid level of {path.name}: "
-                               "move it away (the slide file was replaced?).")
-        out.append(PaintedSlide(slide, store, level, store.classes, path.name))
-    return out
+    path = Path(slide.path)
+    folder = existing_session_folder(path, slide.identity, root=root)
+    if folder is None:
+        return None
+    try:
+        store = LabelStore.open(folder / LABELS)
+    except LabelStoreError as exc:
+        raise ProjectError(f"The annotations of {path.name} cannot be read: {exc}") from exc
+    level = next((i for i, lv in enumerate(slide.levels) if tuple(int(s) for s in lv.shape[:2]) == store.shape), None)
+    if level is None:
+        raise ProjectError(f"The label store {store.path} fits no pyramid level of {path.name}: "
+                           "move it away (the slide file was replaced?).")
+    return PaintedSlide(slide, store, level, store.classes, path.name)
 
 
 def train_project(project: Project, *, extractor, head=None, auto: bool = True, root: str | Path | None = None,
