@@ -52,8 +52,8 @@ class AnnotationController(QObject):
     head_changed()
         The head or the features changed.
     message(str, str)
-        ``(section, text)``: a message for a section ("model", "classes", "segment", "train",
-        "synthesize", "export"); errors start with "Error: " or name the problem.
+        ``(section, text)``: a message for a section ("model", "project", "classes", "segment",
+        "train", "synthesize", "export"); errors start with "Error: " or name the problem.
     segmented(object)
         A :class:`~napari_pathsegdiff.engine.session.annotation.SegmentResult` is on screen.
     train_progress(object)
@@ -97,6 +97,7 @@ class AnnotationController(QObject):
         self.last_train_job: Job | None = None
         self.include_synthetic = False
         self.last_suggestion = None
+        self.project_trainer = None  # set by the Project section: Train on my edits learns from every slide
         self._after_open: tuple[str, object] | None = None  # (section, action) queued while opening
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
@@ -490,7 +491,10 @@ class AnnotationController(QObject):
 
     # --- training ------------------------------------------------------------------------------
     def train(self) -> None:
-        """Train on every painted pixel of the slide, then re-segment the view."""
+        """Train on every painted pixel of the slide (of every slide, with a project open), then
+        re-segment the view."""
+        if self.project_trainer is not None:
+            return self.project_trainer()
         if not self._require_session("train") or self.running("train"):
             return
         if "segment" in self.jobs:

@@ -1,7 +1,7 @@
 """The PathSegDiff dock widget: segment what you see, correct it with a brush, retrain.
 
 The widget is thin: a panel describing the active slide, then one small section per task
-(Model, Classes, Segment, Train, Synthesize, Export), each in its own module and all sharing one
+(Model, Project, Classes, Segment, Train, Synthesize, Export), each in its own module and all sharing one
 :class:`~._controller.AnnotationController` that owns the session, the label layers and the
 background jobs. Another section is added with :meth:`SegmentationWidget.add_section`.
 """
@@ -18,6 +18,7 @@ from ._classes_section import ClassesSection
 from ._controller import AnnotationController
 from ._export_section import ExportSection
 from ._model_section import ModelSection
+from ._project_section import ProjectSection
 from ._segment_section import SegmentSection
 from ._synthesize_section import SynthesizeSection
 from ._train_section import TrainSection
@@ -44,7 +45,7 @@ class SegmentationWidget(QWidget):
     ----------
     controller : AnnotationController
         Session, layers and jobs.
-    model_section, classes_section, segment_section, train_section, synthesize_section, export_section : QWidget
+    model_section, project_section, classes_section, segment_section, train_section, synthesize_section, export_section : QWidget
         The sections.
     """
 
@@ -69,6 +70,7 @@ class SegmentationWidget(QWidget):
         self._sections.addLayout(form)
         self._sections.addWidget(self.note)
         self.model_section = self.add_section("Model", ModelSection(self.controller))
+        self.project_section = self.add_section("Project", ProjectSection(self.controller))
         self.classes_section = self.add_section("Classes", ClassesSection(self.controller))
         self.segment_section = self.add_section("Segment", SegmentSection(self.controller))
         self.train_section = self.add_section("Train", TrainSection(self.controller))
