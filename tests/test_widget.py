@@ -132,7 +132,8 @@ def test_the_sample_slide_opens_with_the_widget_and_nothing_is_written(make_napa
     assert not (tmp_path / "user-cache").exists()
     from qtpy.QtWidgets import QGroupBox
 
-    assert [b.title() for b in widget.findChildren(QGroupBox)] == ["Model", "Classes", "Segment", "Train", "Synthesize", "Export"]
+    assert [b.title() for b in widget.findChildren(QGroupBox)] == ["Model", "Project", "Classes", "Segment", "Train",
+                                                                 "Synthesize", "Export"]
 
 
 # --- the loop: segment the view, paint, train, segment again ----------------------------------

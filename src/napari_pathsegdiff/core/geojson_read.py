@@ -117,11 +117,10 @@ class ReadAnnotations:
         return out
 
     def skipped_text(self) -> str:
-        """``"2 without a class, 1 point or line"``, or ``""`` when nothing was skipped."""
-        parts = [(self.unclassified, "without a class"), (self.not_areas, "point or line"),
+        """``"2 without a class, 1 points or lines"``, or ``""`` when nothing was skipped."""
+        parts = [(self.unclassified, "without a class"), (self.not_areas, "points or lines"),
                  (self.empty, "empty")]
-        return ", ".join(f"{n} {what}" + ("s" if what == "point or line" and n > 1 else "")
-                         for n, what in parts if n)
+        return ", ".join(f"{n} {what}" for n, what in parts if n)
 
 
 @dataclass(frozen=True)
@@ -288,7 +287,8 @@ def rasterise(
 
     A pixel ``(i, j)`` of the grid is painted when its centre, level-0 point
     ``((j + 0.5) dx, (i + 0.5) dy)`` in (x, y), lies inside the area. Blocks come in the
-    annotations' order: where areas overlap, a later one paints over an earlier one.
+    annotations' order, 0 outside each area (and in its holes): whoever paints them decides
+    overlaps (:class:`~napari_pathsegdiff.core.label_canvas.LabelCanvas` keeps the first).
 
     Parameters
     ----------

@@ -234,6 +234,8 @@ def painted_slide(slide, *, root: str | Path | None = None):
         store = LabelStore.open(folder / LABELS)
     except LabelStoreError as exc:
         raise ProjectError(f"The annotations of {path.name} cannot be read: {exc}") from exc
+    if slide.mpp is None and store.given_slide_mpp is not None:
+        slide.mpp = store.given_slide_mpp  # given by a person in the session (the file records none)
     level = next((i for i, lv in enumerate(slide.levels) if tuple(int(s) for s in lv.shape[:2]) == store.shape), None)
     if level is None:
         raise ProjectError(f"The label store {store.path} fits no pyramid level of {path.name}: "
