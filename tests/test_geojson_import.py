@@ -45,9 +45,9 @@ def _iou(a, b) -> float:
     return float((a & b).sum() / (a | b).sum())
 
 
-@pytest.mark.parametrize("tile", [512, 64])
+@pytest.mark.parametrize("tile", [4096, 64, 16])
 def test_exported_labels_come_back_the_same(tile, monkeypatch):
-    monkeypatch.setattr(geojson_read, "TILE", tile)  # 64: every area goes through the tiled path
+    monkeypatch.setattr(geojson_read, "TILE", tile)  # 4096: one fill per area; 64 and 16: tiles
     lab = _nested_labels()
     fc = json.loads(json.dumps(labels_to_geojson(lab, NAMES, downsample=(4.0, 4.0))))
     read = parse_annotations(fc, source="export")
