@@ -82,9 +82,9 @@ class LabelCanvas:
                 kept += int(np.count_nonzero(new & ~free))
                 write = new & free
                 target[write] = part[write]
-                ids, n = np.unique(part[write], return_counts=True)
-                for i, k in zip(ids.tolist(), n.tolist()):
-                    painted[i] = painted.get(i, 0) + k
+                n = np.bincount(part[write], minlength=256)
+                for i in np.flatnonzero(n).tolist():
+                    painted[i] = painted.get(i, 0) + int(n[i])
                 self._dirty.add((cy, cx))
         if self.array is not None and len(self._chunks) > self.max_chunks:
             self.flush()

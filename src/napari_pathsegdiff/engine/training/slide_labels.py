@@ -151,35 +151,38 @@ def sample_painted(slides: Sequence[PaintedSlide], luts: Sequence[np.ndarray], *
                    max_windows: int = MAX_WINDOWS, seed: int = 0):
     """Labelled regions of every slide, sampled, as ``(slide, region, mask)`` with common ids.
 
+    Every labelled chunk is read once to count its classes (only the counts are kept), then the
+    chosen chunks again: memory follows ``max_windows``, not what was painted.
+
     Returns
     -------
     (list of (PaintedSlide, Region, ndarray), list of SlideCount)
         Masks hold common class ids, 0 where not labelled (or not sampled).
     """
     rng = np.random.default_rng(seed)
-    per_slide = []
-    counts = []
+    per_slide, counts = [], []
     for s, lut in zip(slides, luts):
-        windows = [(w, lut[s.labels.read(*w, which="edits")]) for w in s.labels.edited_windows()]
-        count = SlideCount(s.name, windows=len(windows))
-        for _, m in windows:
-            ids, n = np.unique(m[m > 0], return_counts=True)
-            for i, k in zip(ids.tolist(), n.tolist()):
-                count.painted[i] = count.painted.get(i, 0) + k
-        per_slide.append(windows)
+        windows = s.labels.edited_windows()
+        hist = np.zeros((len(windows), 256), np.int64)
+        for k, w in enumerate(windows):
+            hist[k] = np.bincount(lut[s.labels.read(*w, which="edits")].ravel(), minlength=256)
+        hist[:, 0] = 0
+        total = hist.sum(axis=0)
+        count = SlideCount(s.name, {int(i): int(total[i]) for i in np.flatnonzero(total)}, windows=len(windows))
+        per_slide.append((windows, hist))
         counts.append(count)
     window_share = _fair_shares([c.windows for c in counts], max_windows)
-    out = []
-    for s, windows, count, n_windows in zip(slides, per_slide, counts, window_share):
-        chosen = [windows[i] for i in _window_order(windows, rng)[:n_windows]]
+    chosen_all = []
+    for (windows, hist), count, n_windows in zip(per_slide, counts, window_share):
+        chosen = _window_order(hist, rng)[:n_windows]
         count.windows_used = len(chosen)
-        per_slide_pixels = sum(int(np.count_nonzero(m)) for _, m in chosen)
-        count.used = per_slide_pixels  # thinned below
-        out.append((s, chosen))
+        count.used = int(hist[chosen].sum())  # thinned below
+        chosen_all.append([windows[i] for i in chosen])
     pixel_share = _fair_shares([c.used for c in counts], max_pixels)
     samples = []
-    for (s, chosen), count, quota in zip(out, counts, pixel_share):
-        thinned = _thin(chosen, quota, rng)
+    for s, lut, chosen, count, quota in zip(slides, luts, chosen_all, counts, pixel_share):
+        masks = [(w, lut[s.labels.read(*w, which="edits")]) for w in chosen]
+        thinned = _thin(masks, quota, rng)
         count.used = sum(int(np.count_nonzero(m)) for _, m in thinned)
         for (y, x, h, w), m in thinned:
             if m.any():
@@ -210,19 +213,18 @@ def _fair_shares(sizes: Sequence[int], total: int) -> list[int]:
     return shares
 
 
-def _window_order(windows, rng: np.random.Generator) -> list[int]:
-    """Window indices: for each class the window holding most of it, then the rest at random."""
+def _window_order(hist: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """Window indices: for each class the window holding most of it, then the rest at random.
+
+    ``hist`` holds the labelled pixels of each window per class id, ``(windows, 256)``.
+    """
     first: list[int] = []
-    best: dict[int, tuple[int, int]] = {}
-    for i, (_, m) in enumerate(windows):
-        ids, n = np.unique(m[m > 0], return_counts=True)
-        for c, k in zip(ids.tolist(), n.tolist()):
-            if k > best.get(c, (-1, 0))[1]:
-                best[c] = (i, k)
-    for c in sorted(best):
-        if best[c][0] not in first:
-            first.append(best[c][0])
-    rest = [i for i in rng.permutation(len(windows)).tolist() if i not in first]
+    for c in np.flatnonzero(hist.sum(axis=0)):
+        best = int(np.argmax(hist[:, c]))
+        if best not in first:
+            first.append(best)
+    taken = set(first)
+    rest = [i for i in rng.permutation(len(hist)).tolist() if i not in taken]
     return first + rest
 
 
