@@ -32,7 +32,7 @@ from ...core.region import Region
 
 #: Pixels and store chunks trained on at most, over all slides (see :func:`sample_painted`).
 MAX_PIXELS = 200_000
-MAX_WINDOWS = 48
+MAX_WINDOWS = 24
 #: A class painted on a slide keeps at least this many of its pixels (or all of them).
 MIN_CLASS_PIXELS = 2_000
 
