@@ -237,7 +237,7 @@ class ProjectSection(QWidget):
         session = c.session
         if project is None or session is None or Path(str(session.slide.path)).resolve() not in project.slides:
             return False
-        from ..engine.session.annotation_import import class_ids_for
+        from ..engine.training.slide_labels import class_ids_for
         from ..engine.session.project import write_project
 
         _, new = class_ids_for({k.name: k.color for k in session.classes}, project.classes)

@@ -20,7 +20,7 @@ CLI_MAX_WINDOWS = 400
 def run_slides(args) -> int:
     """Train on ``args.slides`` (with ``args.annotations``); save to ``args.out``."""
     from ..core.progress import drive
-    from ..engine.training.slide_labels import train_on_slides
+    from ..engine.session.slides_training import train_on_slides
     from ..models.features import feature_kind
     from ..models.heads import save_head
     from . import UserError
@@ -95,7 +95,7 @@ def _init(args):
         from ..models.heads import load_head_and_extractor
 
         head, extractor = load_head_and_extractor(args.init, backbone=args.backbone, device=args.device)
-        return head, extractor, head.config.mpp
+        return head, extractor, head.mpp
     if "auto" in (args.features or "auto", args.head_kind or "auto"):
         return None, None, None  # auto over the candidates that match what was given
     return None, _extractor(args, args.features), None
@@ -105,10 +105,13 @@ def _painted_slides(args, target_mpp):
     """A ``PaintedSlide`` per slide (annotations rasterised, or the slide's session edits)."""
     from ..core.geojson_read import read_annotations
     from ..core.label_canvas import LabelCanvas
+    from ..core.scale_plan import plan_for_slide
     from ..core.progress import drive
     from ..core.slide import open_slide
     from ..engine.session.annotation import DEFAULT_ANALYSIS_MPP
-    from ..engine.session.annotation_import import ImportReport, check_extent, class_ids_for, paint_annotations
+    from ..engine.session.annotation_import import ImportReport, check_extent, paint_annotations
+    from ..engine.session.class_presets import next_class
+    from ..engine.training.slide_labels import class_ids_for
     from ..engine.session.project import painted_slide
     from ..engine.training.slide_labels import PaintedSlide
     from . import UserError
@@ -117,7 +120,7 @@ def _painted_slides(args, target_mpp):
     for index, path in enumerate(args.slides):
         slide = open_slide(path)
         if slide.mpp is None and args.mpp is not None:
-            slide.mpp = float(args.mpp)
+            slide = slide.with_mpp(args.mpp, "given (--mpp)")
         if not args.annotations:
             found = painted_slide(slide)
             if found is None:
@@ -125,12 +128,11 @@ def _painted_slides(args, target_mpp):
                                 "GeoJSON with --annotations, or paint it in napari first.")
             slides.append(found)
             continue
-        mpp = target_mpp or DEFAULT_ANALYSIS_MPP
-        level = slide.best_level_for_mpp(mpp) if slide.mpp is not None else 0
+        level = plan_for_slide(slide, target_mpp=target_mpp or DEFAULT_ANALYSIS_MPP).level
         shape = tuple(int(s) for s in slide.levels[level].shape[:2])
         read = read_annotations(args.annotations[index])
         check_extent(read, slide.shape, slide_name=Path(path).name)
-        ids, new = class_ids_for(read.class_colors(), table)
+        ids, new = class_ids_for(read.class_colors(), table, new_class=next_class)
         table += new
         canvas = LabelCanvas(shape)
         report = ImportReport(Path(args.annotations[index]), unclassified=read.unclassified,

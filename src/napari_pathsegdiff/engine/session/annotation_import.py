@@ -20,20 +20,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ...core.geojson_read import GeoJSONError, RasterStats, ReadAnnotations, rasterise, read_annotations
 from ...core.label_canvas import LabelCanvas
 from ...core.label_store import ClassInfo
 from ...core.progress import Progress, Work
+from ..training.slide_labels import class_ids_for
 from .class_presets import next_class
 
 MISMATCH_MARGIN = 0.05
 """Share of the slide's width (height) that areas may reach beyond its edges before the file is
 taken for another slide's."""
 
-__all__ = ["ImportReport", "MISMATCH_MARGIN", "class_ids_for", "check_extent", "import_annotations",
-           "paint_annotations"]
+__all__ = ["ImportReport", "MISMATCH_MARGIN", "check_extent", "import_annotations", "paint_annotations"]
 
 
 @dataclass
@@ -86,38 +85,6 @@ class ImportReport:
         if self.clipped:
             parts.append(f"{self.clipped} clipped at the slide's edge")
         return "; ".join(parts) + "."
-
-
-def class_ids_for(names_colors: dict[str, str | None], classes: Sequence[ClassInfo]
-                  ) -> tuple[dict[str, int], list[ClassInfo]]:
-    """Class ids of names (exact match, else ignoring case), and the classes to add for the others.
-
-    Examples
-    --------
-    >>> table = [ClassInfo(1, "Tumor", "#ff0000")]
-    >>> ids, new = class_ids_for({"tumor": None, "Stroma": "#00ff00"}, table)
-    >>> ids, [(c.id, c.name, c.color) for c in new]
-    ({'tumor': 1, 'Stroma': 2}, [(2, 'Stroma', '#00ff00')])
-    """
-    table = list(classes)
-    exact = {c.name: c.id for c in table}
-    folded = {}
-    for c in table:
-        folded.setdefault(c.name.casefold(), c.id)
-    ids: dict[str, int] = {}
-    new: list[ClassInfo] = []
-    for name, color in names_colors.items():
-        if name in exact:
-            ids[name] = exact[name]
-        elif name.casefold() in folded:
-            ids[name] = folded[name.casefold()]
-        else:
-            made = next_class(table, name)
-            made = ClassInfo(made.id, name, color or made.color)
-            table.append(made)
-            new.append(made)
-            exact[name] = folded[name.casefold()] = ids[name] = made.id
-    return ids, new
 
 
 def check_extent(read: ReadAnnotations, slide_size: tuple[int, int], *, slide_name: str = "this slide") -> None:
@@ -189,7 +156,7 @@ def import_annotations(path: str | Path, *, store, slide_size: tuple[int, int], 
     yield Progress("import", 0, 1, f"reading {Path(path).name}")
     read = read_annotations(path)
     check_extent(read, slide_size, slide_name=slide_name)
-    ids, new = class_ids_for(read.class_colors(), store.classes)
+    ids, new = class_ids_for(read.class_colors(), store.classes, new_class=next_class)
     report = ImportReport(Path(path), new_classes=new, unclassified=read.unclassified,
                           not_areas=read.not_areas, empty=read.empty)
     if new:

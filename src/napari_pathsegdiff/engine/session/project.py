@@ -234,8 +234,10 @@ def painted_slide(slide, *, root: str | Path | None = None):
         store = LabelStore.open(folder / LABELS)
     except LabelStoreError as exc:
         raise ProjectError(f"The annotations of {path.name} cannot be read: {exc}") from exc
-    if slide.mpp is None and store.given_slide_mpp is not None:
-        slide.mpp = store.given_slide_mpp  # given by a person in the session (the file records none)
+    if slide.mpp is None and store.given_slide_mpp is not None:  # given by a person in the session
+        from .annotation import GIVEN_MPP
+
+        slide = slide.with_mpp(store.given_slide_mpp, GIVEN_MPP)
     level = next((i for i, lv in enumerate(slide.levels) if tuple(int(s) for s in lv.shape[:2]) == store.shape), None)
     if level is None:
         raise ProjectError(f"The label store {store.path} fits no pyramid level of {path.name}: "
@@ -252,7 +254,7 @@ def train_project(project: Project, *, extractor, head=None, auto: bool = True, 
     which is written back. Returns ``(SlidesTrainResult, Project)``.
     """
     from ...models.heads import save_head
-    from ..training.slide_labels import train_on_slides
+    from .slides_training import train_on_slides
     from .annotation import auto_candidates
 
     slides = project_slide_labels(project, root=root)

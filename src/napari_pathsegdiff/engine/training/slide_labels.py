@@ -1,7 +1,8 @@
-"""Train one head on the labels of several slides: painted edits, or imported annotations.
+"""The labels of several slides, gathered for one head: painted edits, or imported annotations.
 
-Three steps, then :func:`~napari_pathsegdiff.engine.training.train_head.train_head` (or
-:func:`~napari_pathsegdiff.engine.training.auto_select.auto_train`) does the rest:
+Three steps; :func:`~napari_pathsegdiff.engine.session.slides_training.train_on_slides` then hands
+the samples to :func:`~napari_pathsegdiff.engine.training.train_head.train_head` (or
+:func:`~napari_pathsegdiff.engine.training.auto_select.auto_train`):
 
 1. one class table for all slides (:func:`unify_classes`): classes are matched by name, since
    each slide's session keeps its own table and the same id may name different classes;
@@ -20,14 +21,12 @@ a slide's :class:`~napari_pathsegdiff.core.label_store.LabelStore` and a
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from ...core.label_store import ClassInfo
-from ...core.progress import Progress, Work
 from ...core.region import Region
 
 #: Pixels and store chunks trained on at most, over all slides (see :func:`sample_painted`).
@@ -78,48 +77,56 @@ class SlideCount:
                 "used": self.used, "windows": self.windows, "windows_used": self.windows_used}
 
 
-@dataclass
-class SlidesTrainResult:
-    """What :func:`train_on_slides` returns.
-
-    Attributes
-    ----------
-    result : TrainResult
-        The training record; ``result.head`` the trained head.
-    extractor : FeatureExtractor
-        Its features (``auto`` may choose others than those given).
-    classes : list of ClassInfo
-        The common class table (the head's names and colours come from it).
-    counts : list of SlideCount
-        Per slide.
-    fine_tuned : bool
-        Whether the given head was fine-tuned (else a new head was made).
-    note : str
-        What ``auto`` chose, when it ran.
-    auto : AutoResult or None
-        ``auto``'s record.
-    seconds : float
-        Wall time, features included.
-    """
-
-    result: object
-    extractor: object
-    classes: list[ClassInfo]
-    counts: list[SlideCount]
-    fine_tuned: bool
-    note: str = ""
-    auto: object = None
-    seconds: float = 0.0
-
-    def summary(self) -> dict:
-        """JSON-ready record (for ``training.json``)."""
-        return {"slides": [c.as_dict() for c in self.counts], "fine_tuned": self.fine_tuned,
-                "classes": [c.__dict__ for c in self.classes], "auto": self.auto.record() if self.auto else None,
-                "result": self.result.summary(), "seconds": round(self.seconds, 2)}
-
-
 # --- 1. one class table ------------------------------------------------------------------------
-def unify_classes(slides: Sequence[PaintedSlide], base: Sequence[ClassInfo] = ()
+#: Colours of classes a file or a slide names without one, in turn.
+NEW_CLASS_COLORS = ("#f032e6", "#46f0f0", "#bcf60c", "#008080", "#e6beff", "#9a6324", "#800000", "#000075")
+
+
+def new_class(classes: Sequence[ClassInfo], name: str) -> ClassInfo:
+    """A class named ``name`` with the lowest free id and the next unused colour."""
+    used = {c.id for c in classes}
+    free = next((i for i in range(1, 256) if i not in used), None)
+    if free is None:
+        raise ValueError(f"All 255 class ids are in use: no room for the class {name!r}.")
+    taken = {c.color.lower() for c in classes}
+    color = next((c for c in NEW_CLASS_COLORS if c not in taken), NEW_CLASS_COLORS[free % len(NEW_CLASS_COLORS)])
+    return ClassInfo(free, name, color)
+
+
+def class_ids_for(names_colors: dict[str, str | None], classes: Sequence[ClassInfo], *, new_class=new_class
+                  ) -> tuple[dict[str, int], list[ClassInfo]]:
+    """Class ids of names (exact match, else ignoring case), and the classes to add for the others
+    (made by ``new_class(table, name)``, with the colour given when there is one).
+
+    Examples
+    --------
+    >>> table = [ClassInfo(1, "Tumor", "#ff0000")]
+    >>> ids, new = class_ids_for({"tumor": None, "Stroma": "#00ff00"}, table)
+    >>> ids, [(c.id, c.name, c.color) for c in new]
+    ({'tumor': 1, 'Stroma': 2}, [(2, 'Stroma', '#00ff00')])
+    """
+    table = list(classes)
+    exact = {c.name: c.id for c in table}
+    folded: dict[str, int] = {}
+    for c in table:
+        folded.setdefault(c.name.casefold(), c.id)
+    ids: dict[str, int] = {}
+    new: list[ClassInfo] = []
+    for name, color in names_colors.items():
+        if name in exact:
+            ids[name] = exact[name]
+        elif name.casefold() in folded:
+            ids[name] = folded[name.casefold()]
+        else:
+            made = new_class(table, name)
+            made = ClassInfo(made.id, name, color or made.color)
+            table.append(made)
+            new.append(made)
+            exact[name] = folded[name.casefold()] = ids[name] = made.id
+    return ids, new
+
+
+def unify_classes(slides: Sequence[PaintedSlide], base: Sequence[ClassInfo] = (), *, new_class=new_class
                   ) -> tuple[list[ClassInfo], list[np.ndarray]]:
     """The common class table (``base`` first, then each slide's other names) and, per slide,
     a lookup table from its ids to the common ones.
@@ -132,12 +139,10 @@ def unify_classes(slides: Sequence[PaintedSlide], base: Sequence[ClassInfo] = ()
     >>> [(c.id, c.name) for c in table], luts[1][[1, 2]].tolist()
     ([(1, 'tumour'), (2, 'stroma')], [2, 1])
     """
-    from ..session.annotation_import import class_ids_for
-
     table = list(base)
     luts = []
     for s in slides:
-        ids, new = class_ids_for({c.name: c.color for c in s.classes}, table)
+        ids, new = class_ids_for({c.name: c.color for c in s.classes}, table, new_class=new_class)
         table += new
         lut = np.zeros(256, np.uint8)
         for c in s.classes:
@@ -249,103 +254,3 @@ def _thin(chosen, quota: int, rng: np.random.Generator):
         keep = rng.random(m.shape) < lut[m]
         out.append((w, np.where(keep, m, 0).astype(np.uint8)))
     return out
-
-
-# --- 3. training ---------------------------------------------------------------------------------
-def train_on_slides(
-    slides: Sequence[PaintedSlide],
-    *,
-    extractor=None,
-    head=None,
-    classes: Sequence[ClassInfo] = (),
-    head_kind: str | None = None,
-    make_extractor=None,
-    candidates=None,
-    budget_s: float | None = None,
-    max_pixels: int = MAX_PIXELS,
-    max_windows: int = MAX_WINDOWS,
-    seed: int = 0,
-    cache=None,
-    **options,
-) -> Work[SlidesTrainResult]:
-    """Train one head on the labels of every slide; a generator yielding ``Progress``.
-
-    Parameters
-    ----------
-    slides : sequence of PaintedSlide
-        The slides and their labels.
-    extractor : FeatureExtractor, optional
-        The features (required unless ``auto`` chooses them with ``make_extractor``).
-    head : head, optional
-        Fine-tuned when it knows every labelled class; otherwise a new head is made for the
-        common class table.
-    classes : sequence of ClassInfo
-        The class table to start from (a project's); names of the slides' classes join it.
-    head_kind : str, optional
-        Kind of a new head when ``auto`` does not run.
-    make_extractor, candidates : optional
-        Both given: a new head is chosen by ``auto`` among ``candidates``
-        (:func:`~napari_pathsegdiff.engine.training.auto_select.auto_train`).
-    budget_s : float, optional
-        ``auto``'s budget.
-    max_pixels, max_windows, seed : int
-        Sampling (:func:`sample_painted`) and everything random.
-    cache : FeatureCache, optional
-        Tile features already computed.
-    **options
-        Settings of the head's fit.
-
-    Raises
-    ------
-    ValueError
-        No slide has labels, or fewer than two classes are labelled over all slides.
-    """
-    from ..session.annotation import _apply_class_table, _store_to_head_lut, store_ids_for
-    from .train_head import TrainSample, train_head
-
-    t0 = time.perf_counter()
-    yield Progress("labels", 0, len(slides), "reading the labels of every slide")
-    table, luts = unify_classes(slides, classes)
-    picked, counts = sample_painted(slides, luts, max_pixels=max_pixels, max_windows=max_windows, seed=seed)
-    labelled = {i for c in counts for i in c.painted}
-    names = {c.id: c.name for c in table}
-    if not labelled:
-        raise ValueError(f"No labelled pixel on any of the {len(slides)} slides: paint or import "
-                         "annotations of at least two classes first.")
-    if len(labelled) < 2:
-        [only] = labelled
-        raise ValueError(f"Only class {names[only]!r} is labelled over all {len(slides)} slides: label at "
-                         "least one more class so the head can learn to tell them apart.")
-    head_ids = store_ids_for(head.class_ids) if head is not None else []
-    fine_tune = head is not None and labelled <= set(head_ids)
-    if fine_tune:
-        lut, unlabelled = _store_to_head_lut(head.class_ids)
-        class_kwargs = {}
-    else:
-        ids = sorted(c.id for c in table)
-        lut, unlabelled = np.arange(256, dtype=np.uint8), 0
-        by_id = {c.id: c for c in table}
-        class_kwargs = {"class_ids": ids, "class_names": [by_id[i].name for i in ids],
-                        "class_colors": [by_id[i].color for i in ids]}
-    samples = [TrainSample(s.slide, lut[m], region, name=f"{s.name} at y={region.y}, x={region.x}")
-               for s, region, m in picked]
-    auto = None
-    if make_extractor is not None and candidates is not None and not fine_tune:
-        from .auto_select import WIDGET_BUDGET_S, auto_train
-
-        auto = yield from auto_train(
-            samples, make_extractor=make_extractor, candidates=candidates, unlabelled=unlabelled, seed=seed,
-            budget_s=WIDGET_BUDGET_S if budget_s is None else budget_s,
-            cache_for=(lambda ex: cache) if cache is not None else None, **class_kwargs)
-        result, extractor = auto.result, auto.extractor
-    else:
-        if extractor is None:
-            raise ValueError("No features to train on: give an extractor (or let auto choose).")
-        kind = head.head_kind if fine_tune else (head_kind or "fcn")
-        result = yield from train_head(
-            samples, extractor=extractor, head=head if fine_tune else None,
-            head_kind=None if fine_tune else kind, unlabelled=unlabelled, seed=seed, cache=cache,
-            **(options if kind == "fcn" else {}), **class_kwargs)
-    _apply_class_table(result.head, {c.id: c for c in table})
-    return SlidesTrainResult(result, extractor, table, counts, fine_tune, note=getattr(auto, "note", ""),
-                             auto=auto, seconds=time.perf_counter() - t0)
