@@ -71,5 +71,19 @@ def test_a_project_trains_on_every_slide_and_imports_annotations(make_napari_vie
     assert widget.controller.session.head is not None
     assert "slide-1.tif: 4000 px labelled" in section.slides.item(1).text()
 
+    # a slide outside the project is trained on alone, with the project still open
+    other = write_scene(tmp_path / "other" / "outside.tif", seed=3)
+    _open(viewer, other)
+    qtbot.waitUntil(lambda: widget.controller.image_layer is not None
+                    and "outside" in widget.controller.image_layer.name, timeout=WAIT_MS)
+    with qtbot.waitSignal(widget.controller.session_changed, timeout=WAIT_MS):
+        widget.segment_section.segment_button.click()
+    qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
+    widget.controller.session.store.write_edits(10, 10, np.full((10, 50), 1, np.uint8))
+    widget.controller.session.store.write_edits(150, 250, np.full((10, 50), 2, np.uint8))
+    outcome = _train(qtbot, widget)
+    assert outcome.painted == {1: 500, 2: 500}  # one slide's TrainOutcome
+    assert "on 1000 painted px" in widget.train_section.status.text()
+
     section.close_project()
     assert widget.controller.project_trainer is None and section.slides.count() == 0

@@ -493,8 +493,8 @@ class AnnotationController(QObject):
     def train(self) -> None:
         """Train on every painted pixel of the slide (of every slide, with a project open), then
         re-segment the view."""
-        if self.project_trainer is not None:
-            return self.project_trainer()
+        if self.project_trainer is not None and self.project_trainer():
+            return  # the slide shown is in the open project: trained on all its slides
         if not self._require_session("train") or self.running("train"):
             return
         if "segment" in self.jobs:

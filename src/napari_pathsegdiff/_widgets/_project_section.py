@@ -136,11 +136,17 @@ class ProjectSection(QWidget):
             self.controller.message.emit(SECTION, _describe_error(exc))
 
     # --- training on every slide --------------------------------------------------------------
-    def train_project(self) -> None:
-        """*Train on my edits* with a project open: learn from every slide, save in the project."""
+    def train_project(self) -> bool:
+        """*Train on my edits* with a project open: learn from every slide, save in the project.
+
+        Returns False (the controller trains on the slide alone) when the slide shown is not one
+        of the project's.
+        """
         c = self.controller
+        if not self._in_project():
+            return False
         if not c._require_session("train") or c.running("train"):
-            return
+            return True
         if "segment" in c.jobs:
             c.jobs["segment"].cancel()
         session, project, root, auto = c.session, self.project, c.store_root, self.auto
@@ -180,6 +186,13 @@ class ProjectSection(QWidget):
 
         c.last_train_job = c._start("train", make, description="Training on the project's edits", section="train",
                                     on_done=done, on_progress=c.train_progress.emit, on_finished=finished)
+        return True
+
+    def _in_project(self) -> bool:
+        """Whether the slide shown (opened or not) is one of the project's."""
+        layer = self.controller.image_layer
+        path = layer.metadata.get("slide_path") if layer is not None else None
+        return self.project is not None and path is not None and Path(str(path)).resolve() in self.project.slides
 
     # --- QuPath annotations in ------------------------------------------------------------------
     def import_annotations(self, path) -> None:
