@@ -161,6 +161,14 @@ def test_a_head_trained_from_two_slides_geojson_reproduces_their_labels(slides_a
     assert "slide-0.tif: 98304 labelled px (background 24576, stroma 36864, nuclei-rich 36864)" in out
     record = json.loads((head / "training.json").read_text())
     assert [s["used"] for s in record["slides"]] == [98304, 98304]
+    # fine-tuning it on a file naming the classes in another order keeps the head's ids
+    other = write_geojson(tmp_path / "two.geojson", labels_to_geojson(
+        truth_level1(), {3: TRUTH_CLASSES[3], 1: TRUTH_CLASSES[1]}, downsample=(2.0, 2.0)))
+    assert main(["train", "--slides", str(slides[1]), "--annotations", str(other), "--init", str(head),
+                 "--out", str(tmp_path / "tuned")]) == 0
+    record = json.loads((tmp_path / "tuned" / "training.json").read_text())
+    assert record["fine_tuned"] and [c["name"] for c in record["classes"]] == ["background", "stroma", "nuclei-rich"]
+    assert record["slides"][0]["painted"] == {"1": 24576, "3": 36864}
     # segment both slides through a project that lists them
     (root / PROJECT_FILE).unlink(missing_ok=True)
     project = new_project(root, slides=slides, head=str(head))

@@ -98,7 +98,8 @@ def train_on_slides(
         Fine-tuned when it knows every labelled class; otherwise a new head is made for the
         common class table.
     classes : sequence of ClassInfo
-        The class table to start from (a project's); names of the slides' classes join it.
+        The class table to start from (a project's; default the head's classes); names of the
+        slides' classes are matched to it, new names join it.
     head_kind : str, optional
         Kind of a new head when ``auto`` does not run.
     make_extractor, candidates : optional
@@ -122,6 +123,9 @@ def train_on_slides(
 
     t0 = time.perf_counter()
     yield Progress("labels", 0, len(slides), "reading the labels of every slide")
+    if not classes and head is not None:  # names are matched to the head's classes
+        classes = [ClassInfo(i, n, c) for i, n, c in zip(store_ids_for(head.class_ids), head.class_names,
+                                                          head.class_colors)]
     table, luts = unify_classes(slides, classes, new_class=next_class)
     picked, counts = sample_painted(slides, luts, max_pixels=max_pixels, max_windows=max_windows, seed=seed)
     labelled = {i for c in counts for i in c.painted}
