@@ -105,10 +105,9 @@ def _painted_slides(args, target_mpp):
     """A ``PaintedSlide`` per slide (annotations rasterised, or the slide's session edits)."""
     from ..core.geojson_read import read_annotations
     from ..core.label_canvas import LabelCanvas
-    from ..core.scale_plan import plan_for_slide
+    from ..core.scale_plan import plan_for_labels
     from ..core.progress import drive
     from ..core.slide import open_slide
-    from ..engine.session.annotation import DEFAULT_ANALYSIS_MPP
     from ..engine.session.annotation_import import ImportReport, check_extent, paint_annotations
     from ..engine.session.class_presets import next_class
     from ..engine.training.slide_labels import class_ids_for
@@ -128,7 +127,7 @@ def _painted_slides(args, target_mpp):
                                 "GeoJSON with --annotations, or paint it in napari first.")
             slides.append(found)
             continue
-        level = plan_for_slide(slide, target_mpp=target_mpp or DEFAULT_ANALYSIS_MPP).level
+        level = plan_for_labels(slide, target_mpp).level
         shape = tuple(int(s) for s in slide.levels[level].shape[:2])
         read = read_annotations(args.annotations[index])
         check_extent(read, slide.shape, slide_name=Path(path).name)

@@ -36,10 +36,16 @@ __all__ = [
     "ScaleError",
     "plan_at_level",
     "plan_for_slide",
+    "plan_for_labels",
+    "DEFAULT_ANALYSIS_MPP",
     "level_mpp",
     "resample_scale",
     "check_mpp",
 ]
+
+
+DEFAULT_ANALYSIS_MPP = 0.5
+"""µm/px of a label store when neither a head nor the features fix one (about 20x)."""
 
 
 class ScaleError(ValueError):
@@ -182,6 +188,14 @@ def plan_for_slide(slide: Slide, *, target_mpp: float | None, level: int | None 
         else:
             level = best_level(slide, target_mpp, slide_mpp)
     return plan_at_level(slide, int(level), target_mpp=target_mpp, mpp=mpp)
+
+
+def plan_for_labels(slide: Slide, *mpps: float | None, mpp: float | None = None) -> AnalysisPlan:
+    """The plan of a slide's label store (the widget's session, labels imported for training):
+    at the first µm/px known among ``mpps`` (an analysis µm/px asked for, the head's, the
+    features'), else :data:`DEFAULT_ANALYSIS_MPP`; level 0 when the slide's µm/px is unknown."""
+    target = next((float(m) for m in mpps if m is not None), DEFAULT_ANALYSIS_MPP)
+    return plan_for_slide(slide, target_mpp=target, mpp=mpp)
 
 
 def best_level(slide: Slide, target_mpp: float, slide_mpp: float) -> int:

@@ -33,7 +33,7 @@ from ...core.feature_cache import FeatureCache
 from ...core.label_store import ClassInfo, LabelStore, LabelStoreError
 from ...core.progress import Progress, Work
 from ...core.region import Region
-from ...core.scale_plan import plan_for_slide
+from ...core.scale_plan import DEFAULT_ANALYSIS_MPP, plan_for_labels
 from ...core.slide import Slide
 from .session_folder import (
     HEAD,
@@ -55,8 +55,6 @@ from .suggestion import (
     uncertainty_blocks,
 )
 
-DEFAULT_ANALYSIS_MPP = 0.5
-"""µm/px of the analysis level when neither a head nor the features fix one (about 20x)."""
 MAX_SEGMENT_PIXELS = 4096 * 4096
 """Largest region (analysis pixels) one "Segment" segments; larger views must zoom in."""
 SUGGESTION_BLOCK = BLOCK
@@ -762,14 +760,8 @@ def _open_store(slide: Slide, path: Path, *, extractor, head, classes, analysis_
             )
         level = _level_of(slide, store)
         return store, level
-    mpp = analysis_mpp
-    if mpp is None and head is not None:
-        mpp = head.mpp
-    if mpp is None and extractor is not None:
-        mpp = extractor.mpp
-    if mpp is None:
-        mpp = DEFAULT_ANALYSIS_MPP
-    level = plan_for_slide(slide, target_mpp=mpp).level
+    level = plan_for_labels(slide, analysis_mpp, head.mpp if head is not None else None,
+                            extractor.mpp if extractor is not None else None).level
     if classes is None and head is not None:
         ids = store_ids_for(head.class_ids)
         classes = [ClassInfo(i, n, c) for i, n, c in zip(ids, head.class_names, head.class_colors)]
