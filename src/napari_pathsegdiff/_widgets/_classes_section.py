@@ -1,7 +1,8 @@
 """Classes section: the table of class names and colours, with presets.
 
 The table is the session's class table (store ids 1..255); the label layers use its colours
-and names. Selecting a row paints with that class.
+and names. Selecting a row paints with that class, and so does its number key (1..9, the row's
+position) while the edit window is the active layer.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class ClassesSection(QWidget):
         controller.classes_changed.connect(self._fill)
         controller.session_changed.connect(self._fill)
         controller.message.connect(self._message)
+        controller.class_picked.connect(self.show_selected)
         self._fill()
 
     # --- public actions (also used by tests) -------------------------------------------------
@@ -97,6 +99,13 @@ class ClassesSection(QWidget):
 
     def apply_preset(self, name: str) -> bool:
         return self.controller.set_classes(preset(name))
+
+    def show_selected(self, class_id: int) -> None:
+        """Select the row of ``class_id`` (a number key picked it on the edit window)."""
+        for row in range(self.table.rowCount()):
+            if self._row_id(row) == class_id:
+                self.table.selectRow(row)
+                return
 
     # --- table -------------------------------------------------------------------------------
     def _fill(self) -> None:

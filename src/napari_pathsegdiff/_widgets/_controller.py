@@ -16,11 +16,14 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ._label_layers import LabelLayers
 from ._session_work import extractor_work, open_session_work
-from ._viewport import camera, show_region, visible_region
+from ._viewport import camera, show_region, show_view, view_of, visible_region
 from ._work import Job
 
 LIVE_DELAY_MS = 400
 """Camera changes are debounced this long before "Live" segments the new view."""
+
+VIEW_SAVE_MS = 1000
+"""Camera changes are debounced this long before the view is kept in the session folder."""
 
 PROGRESS_NOTE_S = 0.5
 """Shortest interval between two progress notes in a section's status (seconds)."""
@@ -67,6 +70,8 @@ class AnnotationController(QObject):
         "Where to label next" moved the view: the ``Suggestion``, or None when there is none.
     exported(object)
         An export ended: the path written, or None.
+    class_picked(int)
+        A number key on the edit window picked the class with this id.
     """
 
     session_changed = Signal()
@@ -79,6 +84,7 @@ class AnnotationController(QObject):
     busy = Signal(str, bool)
     suggested = Signal(object)
     exported = Signal(object)
+    class_picked = Signal(int)
 
     def __init__(self, viewer, parent=None):
         super().__init__(parent)
@@ -86,7 +92,8 @@ class AnnotationController(QObject):
         self.session = None
         self.image_layer = None
         self.layers = LabelLayers(viewer, on_edit=self._edited,
-                                  on_refused=lambda text: self.message.emit("train", text))
+                                  on_refused=lambda text: self.message.emit("train", text),
+                                  on_class_key=self._class_key)
         self.jobs: dict[str, Job] = {}
         self.extractor = None
         self.device = "auto"
@@ -98,11 +105,19 @@ class AnnotationController(QObject):
         self.include_synthetic = False
         self.last_suggestion = None
         self.project_trainer = None  # set by the Project section: Train on my edits learns from every slide
+        self._cancelled_segment: Job | None = None
         self._after_open: tuple[str, object] | None = None  # (section, action) queued while opening
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(lambda: self.segment_view(live=True))
+        self._view_timer = QTimer(self)  # keeps the view in the session folder once it settles
+        self._view_timer.setSingleShot(True)
+        self._view_timer.setInterval(VIEW_SAVE_MS)
+        self._view_timer.timeout.connect(self._save_view)
+        cam = camera(viewer)
+        cam.events.center.connect(self._view_moved)
+        cam.events.zoom.connect(self._view_moved)
 
     # --- jobs --------------------------------------------------------------------------------
     def running(self, name: str) -> bool:
@@ -148,6 +163,30 @@ class AnnotationController(QObject):
 
         return note
 
+    def _progress_estimate(self, section: str, description: str):
+        """Like :meth:`_progress_note`, with the time left at the pace since the first record:
+        ``description: 37/108 tiles, about 40 s left…``."""
+        from ..core.progress import describe_time_left, time_left
+
+        start: list = []  # (time, done) of the first record: setup time is not in the pace
+        last = [-PROGRESS_NOTE_S]
+
+        def note(record) -> None:
+            now = time.monotonic()
+            if not start:
+                start.append((now, int(record.done)))
+            if now - last[0] < PROGRESS_NOTE_S:
+                return
+            last[0] = now
+            total, done = int(record.total or 0), int(record.done)
+            t0, done0 = start[0]
+            left = time_left(done - done0, total - done0, now - t0)
+            what = f"{done}/{total} tiles" if total > 0 else (record.message or record.stage)
+            when = describe_time_left(left)
+            self.message.emit(section, f"{description}: {what}" + (f", {when}" if when else "") + "…")
+
+        return note
+
     def shutdown(self) -> None:
         """Stop the jobs and forget their results (edits and the saved head are on disk)."""
         self._live_timer.stop()
@@ -156,8 +195,14 @@ class AnnotationController(QObject):
             job.detach()
         self.jobs.clear()
         try:
+            if self._view_timer.isActive():
+                self._save_view()
+            self._view_timer.stop()
             self._set_camera_hooks(False)
-        except RuntimeError:  # the viewer is already gone
+            cam = camera(self.viewer)
+            cam.events.center.disconnect(self._view_moved)
+            cam.events.zoom.disconnect(self._view_moved)
+        except (RuntimeError, TypeError, ValueError):  # the viewer is already gone
             pass
 
     # --- the slide and its session -------------------------------------------------------------
@@ -196,6 +241,9 @@ class AnnotationController(QObject):
         for name in ("open", "segment", "train", "head", "generator", "generate"):
             if name in self.jobs:
                 self.jobs[name].cancel()
+        if self._view_timer.isActive():  # moved since the view was last kept
+            self._save_view()
+        self._view_timer.stop()
         self.layers.detach()
         self.session = None
         self.image_layer = None
@@ -259,11 +307,38 @@ class AnnotationController(QObject):
         self.session = session
         self.extractor = session.extractor
         self.layers.attach(session, layer)
+        self._restore_view()
         self.session_changed.emit()
         self.classes_changed.emit()
         self.head_changed.emit()
         self.message.emit("model", " ".join(session.notes))
         session.notes.clear()
+
+    # --- the view, kept in the session folder ---------------------------------------------------
+    def _view_moved(self, event=None) -> None:
+        if self.session is not None:
+            self._view_timer.start()
+
+    def _save_view(self) -> None:
+        """Keep the camera's centre and zoom in the session folder (written atomically)."""
+        from ..engine.session.session_folder import save_view
+
+        self._view_timer.stop()
+        if self.session is None or self.image_layer is None or self.image_layer not in self.viewer.layers:
+            return
+        try:
+            save_view(self.session.folder, *view_of(self.viewer, self.image_layer))
+        except (OSError, ValueError):  # a convenience: the edits and the head are what matter
+            pass
+
+    def _restore_view(self) -> None:
+        """Show the view kept in the session folder, if any."""
+        from ..engine.session.session_folder import load_view
+
+        view = load_view(self.session.folder)
+        if view is not None:
+            show_view(self.viewer, self.image_layer, *view)
+            self._view_timer.stop()  # the view just restored is the one on disk
 
     # --- features and head ---------------------------------------------------------------------
     def choose_features(self, choice: str, *, folder: str | Path | None = None, device: str | None = None) -> None:
@@ -315,6 +390,35 @@ class AnnotationController(QObject):
             self.layers.set_classes(session.classes)
 
         self._start("head", make, description="Opening the head", section="model", on_done=done)
+
+    def revert_head(self) -> None:
+        """Go back to the previous head (the session folder's ``head-previous/``; the head it
+        replaces becomes the previous one), and segment the edit window again with it."""
+        if not self._require_session("model"):
+            return
+        if self.running("train"):
+            self.message.emit("model", "Training is running: revert when it is done (or cancel it).")
+            return
+        session = self.session
+
+        def make():
+            return _as_work(session.revert_head)
+
+        def done(_):
+            head = session.head
+            self.message.emit(
+                "model",
+                f"Reverted to the previous head ({', '.join(head.class_names)}). The head it replaced "
+                "is kept as the previous one: revert again to bring it back.",
+            )
+            self.layers.set_classes(session.classes)
+            self.classes_changed.emit()
+            self.head_changed.emit()
+            if session is self.session and self.layers.window is not None:
+                self.segment_region(_window_region(session, self.layers.window))
+
+        self._start("head", make, description="Reverting to the previous head", section="model",
+                    on_done=done)
 
     def save_head_as(self, folder: str | Path) -> None:
         if not self._require_session("model"):
@@ -368,6 +472,16 @@ class AnnotationController(QObject):
     def select_class(self, class_id: int) -> None:
         self.layers.select_class(class_id)
 
+    def _class_key(self, chosen, position: int) -> None:
+        """A number key on the edit window picked the class at ``position`` (or found none)."""
+        if chosen is None:
+            count = len(self.session.classes) if self.session is not None else 0
+            self.message.emit("classes", f"No class {position}: the table has {count}. Add one, or "
+                                         f"press 1 to {max(count, 1)}.")
+            return
+        self.message.emit("classes", f"Painting with {chosen.name} (key {position}).")
+        self.class_picked.emit(chosen.id)
+
     # --- segmenting ----------------------------------------------------------------------------
     def segment_view(self, *, live: bool = False) -> None:
         """Segment the region of the slide visible now (a superseded segmentation is cancelled).
@@ -413,7 +527,22 @@ class AnnotationController(QObject):
             self.message.emit("segment", f"Segmented {r.width}x{r.height} px in {result.seconds:.1f} s{notes}.")
             self.segmented.emit(result)
 
-        self._start("segment", make, description="Segmenting the view", section="segment", on_done=done)
+        def finished(job):
+            if job.cancelled and job is self._cancelled_segment:
+                self.message.emit("segment", "Segmentation cancelled: nothing of it was written and the "
+                                             "labels shown are as they were. The tiles already done "
+                                             "are cached, so segmenting again is faster.")
+
+        self._start("segment", make, description="Segmenting the view", section="segment", on_done=done,
+                    on_progress=self._progress_estimate("segment", "Segmenting the view"),
+                    on_finished=finished)
+
+    def cancel_segment(self) -> None:
+        """Stop the running segmentation between two batches of tiles; nothing of it is written."""
+        job = self.jobs.get("segment")
+        if job is not None and job.running:
+            self._cancelled_segment = job
+            job.cancel()
 
     def _empty_window(self, region) -> None:
         from ..engine.session.annotation import MAX_SEGMENT_PIXELS
@@ -478,10 +607,11 @@ class AnnotationController(QObject):
                 return
             self.last_suggestion = suggestion
             show_region(self.viewer, self.image_layer, suggestion.region, session.slide.downsamples)
+            self.layers.show_suggestion(session.to_store_region(suggestion.region))
             self.message.emit(
                 "segment",
-                f"The most uncertain unpainted tissue (uncertainty {suggestion.uncertainty:.2f}): "
-                "correct it with the brush, then train.",
+                f"The most uncertain unpainted tissue (uncertainty {suggestion.uncertainty:.2f}), in "
+                "the yellow box: correct it with the brush, then train.",
             )
             self.suggested.emit(suggestion)
 

@@ -15,7 +15,10 @@ analysis level would be loaded whole into memory. So the session is shown with:
   paler, named "<class> (predicted)" in the status bar), so napari sees such a stroke as a
   change. Undo and redo emit no ``paint`` event: they are read from the difference with what
   was shown;
-- **uncertainty**: an optional Image layer of the window's per-pixel uncertainty.
+- **uncertainty**: an optional Image layer of the window's per-pixel uncertainty, one hue
+  whose opacity grows with it (clear where the model is sure);
+- **where to label next**: a Shapes layer with one rectangle, no fill, on the region last
+  suggested.
 
 All three are placed by ``scale`` and ``translate`` so that they lie exactly over the slide
 layer at any zoom. Class colours come from a ``DirectLabelColormap`` and class names from the
@@ -34,9 +37,35 @@ from ..engine.session.label_window import PREDICTED, EditWindow
 OVERVIEW = "labels (overview)"
 WINDOW = "labels (edit window)"
 UNCERTAINTY = "uncertainty"
+CLASS_KEYS = "123456789"
+"""Keys that pick the class at that position of the class table, on the edit window."""
+SUGGESTION = "where to label next"
+SUGGESTION_COLOR = "#ffd400"
+"""Edge colour of the "where to label next" box (yellow: visible on H&E and on the classes)."""
 PYRAMID_MIN = 512
 PREDICTED_ALPHA = 0.5
 """Opacity of predicted pixels relative to painted ones in the edit window."""
+UNCERTAINTY_HUE = (0.0, 0.78, 1.0)
+"""The one hue of the uncertainty layer (cyan: apart from eosin pink, haematoxylin purple and
+the class colours)."""
+UNCERTAINTY_CLEAR = 0.15
+"""Uncertainty at or below this is fully transparent (the model is sure: nothing to check)."""
+UNCERTAINTY_MAX_ALPHA = 0.85
+"""Opacity of the highest uncertainty."""
+
+
+def uncertainty_colormap():
+    """The uncertainty layer's colormap: one hue whose opacity grows with the uncertainty,
+    transparent up to :data:`UNCERTAINTY_CLEAR` (used by the dock's legend too)."""
+    from napari.utils.colormaps import Colormap
+
+    r, g, b = UNCERTAINTY_HUE
+    return Colormap(
+        colors=[[r, g, b, 0.0], [r, g, b, 0.0], [r, g, b, UNCERTAINTY_MAX_ALPHA]],
+        controls=[0.0, UNCERTAINTY_CLEAR, 1.0],
+        name="pathsegdiff uncertainty",
+        display_name="uncertainty (cyan, clear when sure)",
+    )
 
 
 class LabelLayers:
@@ -52,17 +81,22 @@ class LabelLayers:
     on_refused : callable, optional
         Called with a message when a stroke was not recorded (a value that is no class id);
         the stroke is undone on screen.
+    on_class_key : callable, optional
+        Called with ``(class or None, position)`` when a number key picked a class (None: the
+        table has no class at that position).
     """
 
-    def __init__(self, viewer, *, on_edit=None, on_refused=None):
+    def __init__(self, viewer, *, on_edit=None, on_refused=None, on_class_key=None):
         self.viewer = viewer
         self.on_edit = on_edit
         self.on_refused = on_refused
+        self.on_class_key = on_class_key
         self.session = None
         self.image_layer = None
         self.overview = None
         self.window_layer = None
         self.uncertainty_layer = None
+        self.suggestion_layer = None
         self.window: EditWindow | None = None
         self._syncing = False
         self._fixes: list = []  # display fixes waiting for napari to write a stroke
@@ -91,11 +125,11 @@ class LabelLayers:
 
     def detach(self) -> None:
         """Remove the layers of the session shown (its data stay on disk)."""
-        for layer in (self.uncertainty_layer, self.window_layer, self.overview):
+        for layer in (self.suggestion_layer, self.uncertainty_layer, self.window_layer, self.overview):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         self.session = self.image_layer = self.overview = None
-        self.window_layer = self.uncertainty_layer = self.window = None
+        self.window_layer = self.uncertainty_layer = self.suggestion_layer = self.window = None
 
     # --- showing a segmented window -----------------------------------------------------------
     def show_window(self, region: Region, uncertainty: np.ndarray | None = None, *,
@@ -115,6 +149,7 @@ class LabelLayers:
                 self.window_layer.events.paint.connect(self._on_paint)
                 self.window_layer.events.labels_update.connect(self._apply_fixes)
                 self.window_layer.events.set_data.connect(self._on_set_data)
+                self._bind_class_keys(self.window_layer)
             else:
                 self.window_layer.data = data
                 self.window_layer.translate = translate
@@ -146,6 +181,28 @@ class LabelLayers:
             if layer is not None:
                 layer.metadata["mpp"] = mpp
 
+    def show_suggestion(self, region: Region) -> None:
+        """Draw a box (no fill) around ``region`` (analysis level), replacing the previous one;
+        the active layer stays active, so the brush keeps painting where it did."""
+        scale, translate = self._placement(0, 0)
+        # pixel i spans [i - 0.5, i + 0.5) in these coordinates (translate is the pixel centre)
+        box = np.array([[region.y - 0.5, region.x - 0.5], [region.y1 - 0.5, region.x1 - 0.5]])
+        width = max(1.0, min(region.height, region.width) / 96)
+        active = self.viewer.layers.selection.active
+        if self.suggestion_layer is None or self.suggestion_layer not in self.viewer.layers:
+            self.suggestion_layer = self.viewer.add_shapes(
+                [box], shape_type="rectangle", name=f"{self.image_layer.name} {SUGGESTION}",
+                scale=scale, translate=translate, units=self.image_layer.units,
+                face_color="transparent", edge_color=SUGGESTION_COLOR, edge_width=width,
+            )
+        else:
+            layer = self.suggestion_layer
+            layer.data = []
+            layer.add_rectangles([box], edge_width=width, edge_color=SUGGESTION_COLOR,
+                                 face_color="transparent")
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+
     def set_uncertainty_visible(self, visible: bool) -> None:
         if self.uncertainty_layer is not None and self.uncertainty_layer in self.viewer.layers:
             self.uncertainty_layer.visible = bool(visible)
@@ -176,6 +233,21 @@ class LabelLayers:
         """Paint with ``class_id`` on the edit window."""
         if self.window_layer is not None:
             self.window_layer.selected_label = int(class_id)
+
+    def pick_class(self, position: int) -> None:
+        """Paint with the class at ``position`` (1 = first) of the class table."""
+        classes = self.session.classes if self.session is not None else []
+        chosen = classes[position - 1] if 1 <= position <= len(classes) else None
+        if chosen is not None:
+            self.select_class(chosen.id)
+        if self.on_class_key is not None:
+            self.on_class_key(chosen, position)
+
+    def _bind_class_keys(self, layer) -> None:
+        """Number keys 1..9 pick a class on ``layer`` (they replace napari's tool keys 1..7
+        there; the tools keep their letter keys and buttons)."""
+        for position, key in enumerate(CLASS_KEYS, start=1):
+            layer.bind_key(key, lambda _layer, p=position: self.pick_class(p), overwrite=True)
 
     # --- painting -----------------------------------------------------------------------------
     # napari emits ``paint`` when a stroke is committed: after the data is written for a mouse
@@ -267,8 +339,8 @@ class LabelLayers:
         if self.uncertainty_layer is None or self.uncertainty_layer not in self.viewer.layers:
             self.uncertainty_layer = self.viewer.add_image(
                 values, name=f"{self.image_layer.name} {UNCERTAINTY}", scale=scale,
-                translate=translate, units=self.image_layer.units, colormap="magma",
-                contrast_limits=(0.0, 1.0), opacity=0.5, blending="additive", visible=visible,
+                translate=translate, units=self.image_layer.units, colormap=uncertainty_colormap(),
+                contrast_limits=(0.0, 1.0), opacity=1.0, blending="translucent", visible=visible,
             )
         else:
             self.uncertainty_layer.data = values

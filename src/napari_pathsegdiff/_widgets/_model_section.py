@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._compact import ElidedLabel
 from ._controller import AnnotationController, feature_choices
 
 
@@ -45,18 +46,23 @@ class ModelSection(QWidget):
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.load_features = QPushButton("Use")
-        self.features_label = QLabel("–")
+        self.features_label = ElidedLabel("–")  # identities are long: the full one is the tooltip
         self.head_label = QLabel("–")
         self.new_button = QPushButton("New")
         self.open_button = QPushButton("Open…")
         self.save_button = QPushButton("Save as…")
+        self.revert_button = QPushButton("Revert to previous head")
+        self.revert_button.setToolTip(
+            "Go back to the head before the last training (or New); the head it replaces is kept, "
+            "so reverting again brings it back."
+        )
         self.folder_button = QPushButton("Session folder…")
-        self.folder_label = QLabel("–")
+        self.folder_label = ElidedLabel("–")  # the full path is the tooltip
         self.mpp_edit = QLineEdit()
         self.mpp_edit.setPlaceholderText("µm/px at full resolution, e.g. 0.25")
         self.mpp_button = QPushButton("Set")
         self.status = QLabel("")
-        for label in (self.features_label, self.head_label, self.folder_label, self.status):
+        for label in (self.head_label, self.status):
             label.setWordWrap(True)
 
         features_row = QHBoxLayout()
@@ -67,10 +73,12 @@ class ModelSection(QWidget):
         for b in (self.new_button, self.open_button, self.save_button):
             head_row.addWidget(b)
         form = QFormLayout(self)
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)  # labels above their fields in a narrow dock
         form.addRow("Features:", features_row)
         form.addRow("", self.features_label)
         form.addRow("Head:", head_row)
         form.addRow("", self.head_label)
+        form.addRow("", self.revert_button)
         form.addRow(self.folder_button, self.folder_label)
         mpp_row = QHBoxLayout()
         mpp_row.addWidget(self.mpp_edit, 1)
@@ -82,6 +90,7 @@ class ModelSection(QWidget):
         self.new_button.clicked.connect(controller.new_head)
         self.open_button.clicked.connect(self._open_head)
         self.save_button.clicked.connect(self._save_head)
+        self.revert_button.clicked.connect(controller.revert_head)
         self.folder_button.clicked.connect(self._pick_folder)
         self.mpp_button.clicked.connect(lambda: controller.set_slide_mpp(self.mpp_edit.text()))
         self.mpp_edit.returnPressed.connect(self.mpp_button.click)
@@ -160,7 +169,7 @@ class ModelSection(QWidget):
 
     def _busy(self, name: str, on: bool) -> None:
         if name in ("features", "open", "head"):
-            for w in (self.load_features, self.open_button, self.new_button):
+            for w in (self.load_features, self.open_button, self.new_button, self.revert_button):
                 w.setEnabled(not on)
 
 

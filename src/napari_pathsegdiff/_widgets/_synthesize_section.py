@@ -105,16 +105,19 @@ class SynthesizeSection(QWidget):
         for label in (intro, self.generator_label, self.time_label, self.status):
             label.setWordWrap(True)
 
-        gen_row = QHBoxLayout()
+        gen_row = QHBoxLayout()  # two rows: one would not fit a narrow dock
         gen_row.addWidget(self.open_button)
-        gen_row.addWidget(self.train_button, 1)
-        gen_row.addWidget(self.cancel_button)
+        gen_row.addStretch(1)
+        train_row = QHBoxLayout()
+        train_row.addWidget(self.train_button, 1)
+        train_row.addWidget(self.cancel_button)
         form = QFormLayout()
         form.addRow("Style from:", self.style)
         form.addRow("Tiles:", self.count)
         layout = QVBoxLayout(self)
         layout.addWidget(intro)
         layout.addLayout(gen_row)
+        layout.addLayout(train_row)
         layout.addWidget(self.generator_label)
         layout.addWidget(self.time_label)
         layout.addWidget(self.progress)

@@ -57,3 +57,23 @@ def show_region(viewer, layer, region: Region, downsamples, *, fill: float = 0.9
     cam = camera(viewer)
     cam.center = tuple(center)
     cam.zoom = fill * min(h / max(size[0], 1e-9), w / max(size[1], 1e-9))
+
+
+def view_of(viewer, layer) -> tuple[tuple[float, float], float]:
+    """Where the camera looks on ``layer``'s slide: the centre in level-0 pixels (y, x) and
+    the zoom in screen pixels per level-0 pixel (both kept whatever the layer's scale)."""
+    cam = camera(viewer)
+    center = np.asarray(layer.world_to_data(np.asarray(cam.center, dtype=float)[-2:]), dtype=float)[-2:]
+    return (float(center[0]), float(center[1])), float(cam.zoom) * _world_per_pixel(layer)
+
+
+def show_view(viewer, layer, center: tuple[float, float], zoom: float) -> None:
+    """Put the camera back on a view given by :func:`view_of`."""
+    cam = camera(viewer)
+    cam.center = tuple(np.asarray(layer.data_to_world(list(center)), dtype=float)[-2:])
+    cam.zoom = zoom / _world_per_pixel(layer)
+
+
+def _world_per_pixel(layer) -> float:
+    """World units per level-0 pixel of ``layer`` (along x)."""
+    return abs(float(layer.scale[-1])) or 1.0

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ._classes_section import ClassesSection
+from ._compact import CollapsibleSection, ElidedLabel
 from ._controller import AnnotationController
 from ._export_section import ExportSection
 from ._model_section import ModelSection
@@ -47,6 +48,8 @@ class SegmentationWidget(QWidget):
         Session, layers and jobs.
     model_section, project_section, classes_section, segment_section, train_section, synthesize_section, export_section : QWidget
         The sections.
+    sections : dict of str to CollapsibleSection
+        The folding boxes of the sections, by title.
     """
 
     def __init__(self, napari_viewer: "napari.Viewer"):
@@ -56,16 +59,19 @@ class SegmentationWidget(QWidget):
         self.controller = AnnotationController(napari_viewer)
         controller = self.controller
         self.destroyed.connect(lambda *_: controller.shutdown())
-        self._fields = {key: QLabel("–") for key in ("Slide", "File", "Levels", "µm/px", "Objective")}
+        # the file name is elided to the dock's width; the full path is its tooltip
+        self._fields = {key: ElidedLabel("–") if key == "File" else QLabel("–")
+                        for key in ("Slide", "File", "Levels", "µm/px", "Objective")}
         form = QFormLayout()
         for key, label in self._fields.items():
-            label.setWordWrap(True)
+            label.setWordWrap(key != "File")
             form.addRow(f"{key}:", label)
         self.note = QLabel("")
         self.note.setWordWrap(True)
         self.note.setVisible(False)
 
         inner = QWidget()
+        self.sections: dict[str, CollapsibleSection] = {}
         self._sections = QVBoxLayout(inner)
         self._sections.addLayout(form)
         self._sections.addWidget(self.note)
@@ -95,9 +101,10 @@ class SegmentationWidget(QWidget):
         self._refresh()
 
     def add_section(self, title: str, section: QWidget) -> QWidget:
-        """Add ``section`` under a titled box (before the stretch, if any); returns it."""
-        box = QGroupBox(title)
-        QVBoxLayout(box).addWidget(section)
+        """Add ``section`` under a title that folds it away (before the stretch, if any);
+        returns it. The folding boxes are in :attr:`sections`, by title."""
+        box = CollapsibleSection(title, section)
+        self.sections[title] = box
         stretch = self._sections.count() - 1
         has_stretch = stretch >= 0 and self._sections.itemAt(stretch).spacerItem() is not None
         if has_stretch:
@@ -136,7 +143,8 @@ class SegmentationWidget(QWidget):
             texts = _describe(layer)
         for key, text in texts.items():
             self._fields[key].setText(text)
-        self._fields["File"].setToolTip(str(layer.metadata.get("slide_path")) if layer is not None else "")
+        if layer is not None:
+            self._fields["File"].setToolTip(str(layer.metadata.get("slide_path")))
         c = self.controller
         if c.session is None and not c.running("open"):
             c.open_for_layer(self._annotated_slide())

@@ -125,6 +125,40 @@ class PeriodicLines:
         print(" ".join(parts), file=stream, flush=True)
 
 
+def time_left(done: int, total: int, elapsed: float) -> float | None:
+    """Seconds left at the pace so far: ``elapsed`` seconds for ``done`` of ``total`` steps.
+
+    None when there is no pace yet (nothing done, or no total).
+
+    Examples
+    --------
+    >>> round(time_left(37, 108, 21.0), 1)
+    40.3
+    >>> time_left(0, 108, 2.0) is None
+    True
+    """
+    if done <= 0 or total <= 0 or elapsed <= 0:
+        return None
+    return elapsed * max(total - done, 0) / done
+
+
+def describe_time_left(seconds: float | None) -> str:
+    """``seconds`` left in words, rounded as a person reads them.
+
+    Examples
+    --------
+    >>> [describe_time_left(s) for s in (None, 0.4, 7.2, 40.3, 95, 4000)]
+    ['', 'almost done', 'about 7 s left', 'about 40 s left', 'about 2 min left', 'about 67 min left']
+    """
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return "almost done"
+    if seconds < 60:
+        return f"about {round(seconds)} s left"
+    return f"about {round(seconds / 60)} min left"
+
+
 def drive(
     work: "Work[T]",
     *,

@@ -38,12 +38,14 @@ from ...core.slide import Slide
 from .session_folder import (
     HEAD,
     LABELS,
+    PREVIOUS_HEAD,
     UNCERTAINTY,
     lock_session_folder,
     recover_session_folder,
     retire_session_head,
     save_session_head,
     session_folder_for,
+    swap_session_heads,
 )
 from .suggestion import (
     BLOCK,
@@ -398,6 +400,33 @@ class AnnotationSession:
         ``head-previous``)."""
         self.head = None
         retire_session_head(self.folder)
+
+    def revert_head(self) -> None:
+        """Go back to the previous head: ``head-previous/`` becomes the session's head and the
+        head it replaces becomes ``head-previous/`` (reverting again brings it back).
+
+        Raises
+        ------
+        AnnotationError
+            There is no previous head, it cannot be read, or it needs other features than the
+            session's (the message says which); nothing is changed.
+        """
+        from ...models.heads import HeadError, load_head
+
+        previous = self.folder / PREVIOUS_HEAD
+        if not previous.is_dir():
+            raise AnnotationError(
+                "There is no previous head to go back to: one is kept when a training or New "
+                "replaces the current head."
+            )
+        try:
+            head = load_head(previous)
+            if self.extractor is not None:
+                head.check_compatible(self.extractor)
+        except (HeadError, FileNotFoundError) as exc:
+            raise AnnotationError(f"The previous head in {previous} was not restored: {exc}") from exc
+        swap_session_heads(self.folder)
+        self.set_head(head, save=False)
 
     def save_head_as(self, folder: str | Path) -> Path:
         """Write the current head to ``folder`` (a head folder, replaced atomically)."""

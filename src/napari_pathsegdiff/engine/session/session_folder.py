@@ -9,11 +9,16 @@ A session folder holds everything a person made for one slide:
 ``head/``
     the current head, replaced atomically after every training;
 ``head-previous/``
-    the head it replaced.
+    the head it replaced (Revert to previous head swaps the two);
+``view.json``
+    where the viewer looked last (centre in level-0 pixels and screen pixels per level-0
+    pixel), to show the same place when the session is reopened.
 
 Heads are replaced as whole folders (:mod:`~napari_pathsegdiff.core.atomic`); a save killed
 between its two renames is repaired by :func:`recover_session_folder` when the session is
 opened again: the head it was replacing is put back, and leftovers of killed saves are deleted.
+Swapping the two heads goes through a third folder, ``head-swap/`` (a complete copy of the
+head being replaced); a swap killed half-way is finished, or undone, the same way.
 
 One process at a time has a session folder open: it holds the lock ``.session.lock`` in the
 folder (:func:`lock_session_folder`), and a second process opening the same folder is refused
@@ -33,6 +38,8 @@ that it is found again when the slide is reopened.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -51,6 +58,8 @@ LABELS = "labels.zarr"
 UNCERTAINTY = "uncertainty.zarr"
 HEAD = "head"
 PREVIOUS_HEAD = "head-previous"
+SWAP_HEAD = "head-swap"
+VIEW = "view.json"
 SESSION_LOCK = ".session.lock"
 
 
@@ -155,6 +164,69 @@ def retire_session_head(folder: str | Path) -> None:
         remove_folder(current)
 
 
+def swap_session_heads(folder: str | Path) -> None:
+    """Make ``head-previous/`` the current head, and the current one ``head-previous/``.
+
+    Swapping again brings the first back. Without a current head (after a new, untrained one
+    started), the previous head simply becomes the current one. Every step replaces one whole
+    folder; a kill at any point leaves both heads complete on disk, and
+    :func:`recover_session_folder` finishes or undoes the swap.
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no ``head-previous/`` (nothing was trained over, or retired, yet).
+    """
+    folder = Path(folder)
+    current, previous, swap = folder / HEAD, folder / PREVIOUS_HEAD, folder / SWAP_HEAD
+    if not previous.is_dir():
+        raise FileNotFoundError(
+            f"There is no previous head in {folder}: one is kept there when a training or "
+            "New replaces the current head."
+        )
+    if not current.is_dir():
+        replace_folder(current, lambda tmp: _copy_into(previous, tmp))
+        remove_folder(previous)
+        return
+    replace_folder(swap, lambda tmp: _copy_into(current, tmp))  # 1. the head being replaced, kept
+    replace_folder(current, lambda tmp: _copy_into(previous, tmp))  # 2. the previous is current
+    replace_folder(previous, lambda tmp: _copy_into(swap, tmp))  # 3. the replaced is previous
+    remove_folder(swap)  # 4. done
+
+
+def save_view(folder: str | Path, center: tuple[float, float], zoom: float) -> Path:
+    """Keep where the viewer looks (atomically, in ``view.json``).
+
+    Parameters
+    ----------
+    folder : path
+        The session folder (it exists: the session holds its lock).
+    center : (float, float)
+        Centre of the view in level-0 pixels, (y, x).
+    zoom : float
+        Screen pixels per level-0 pixel.
+    """
+    values = [float(v) for v in center] + [float(zoom)]
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or values[2] <= 0:
+        raise ValueError(f"A view is a centre (y, x) and a positive zoom, got {center!r}, {zoom!r}.")
+    text = json.dumps({"center_level0_yx": values[:2], "screen_px_per_level0_px": values[2]})
+    return write_text_atomic(Path(folder) / VIEW, text + "\n")
+
+
+def load_view(folder: str | Path) -> tuple[tuple[float, float], float] | None:
+    """The view kept by :func:`save_view` as ``(center, zoom)``, or None when there is none or
+    the file is not one (a view is a convenience: an unreadable one is ignored)."""
+    try:
+        data = json.loads((Path(folder) / VIEW).read_text(encoding="utf-8"))
+        y, x = (float(v) for v in data["center_level0_yx"])
+        zoom = float(data["screen_px_per_level0_px"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not all(math.isfinite(v) for v in (y, x, zoom)) or zoom <= 0:
+        return None
+    return (y, x), zoom
+
+
 def lock_session_folder(folder: str | Path) -> FolderLock:
     """Lock the session folder ``folder`` for this process (created if missing).
 
@@ -199,8 +271,28 @@ def recover_session_folder(folder: str | Path) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    said = (recover_folder(folder / name) for name in (HEAD, PREVIOUS_HEAD))
+    said = [recover_folder(folder / name) for name in (HEAD, PREVIOUS_HEAD, SWAP_HEAD)]
+    if (folder / SWAP_HEAD).is_dir():
+        said.append(_finish_swap(folder))
     return [line for line in said if line]
+
+
+def _finish_swap(folder: Path) -> str:
+    """Finish (or undo) a :func:`swap_session_heads` killed after its first step."""
+    current, previous, swap = folder / HEAD, folder / PREVIOUS_HEAD, folder / SWAP_HEAD
+    if current.is_dir() and _same_files(current, swap):  # step 2 had not happened: undo
+        remove_folder(swap)
+        return f"{folder}: an interrupted swap of the heads had not begun; nothing changed"
+    replace_folder(previous, lambda tmp: _copy_into(swap, tmp))
+    remove_folder(swap)
+    return f"{folder}: finished an interrupted swap of the heads (the previous head is now current)"
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether folders ``a`` and ``b`` hold the same files with the same bytes."""
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
 
 
 def _copy_into(source: Path, target: Path) -> None:
