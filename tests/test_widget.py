@@ -130,9 +130,7 @@ def test_the_sample_slide_opens_with_the_widget_and_nothing_is_written(make_napa
     assert widget.controller.session is None  # nothing is created before the user segments
     assert "Segment view" in widget.segment_section.status.text()
     assert not (tmp_path / "user-cache").exists()
-    from qtpy.QtWidgets import QGroupBox
-
-    assert [b.title() for b in widget.findChildren(QGroupBox)] == ["Model", "Project", "Classes", "Segment", "Train",
+    assert [box.title() for box in widget.sections.values()] == ["Model", "Project", "Classes", "Segment", "Train",
                                                                  "Synthesize", "Export"]
 
 

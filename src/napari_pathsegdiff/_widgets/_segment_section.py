@@ -74,7 +74,9 @@ class UncertaintyLegend(QWidget):
     Attributes
     ----------
     bar : QLabel
-        The colour bar (its pixmap is the colormap from 0 on the left to 1 on the right).
+        Shows the colour bar.
+    image : QImage
+        The colour bar: the colormap from 0 on the left to 1 on the right, over white.
     """
 
     def __init__(self, parent=None):
@@ -84,7 +86,8 @@ class UncertaintyLegend(QWidget):
         high = QLabel("unsure: check")
         high.setToolTip("High uncertainty: the classes are close here; a correction helps most.")
         self.bar = QLabel()
-        self.bar.setPixmap(_colour_bar(*LEGEND_SIZE))
+        self.image = _colour_bar(*LEGEND_SIZE)
+        self.bar.setPixmap(QPixmap.fromImage(self.image))
         self.bar.setToolTip("Uncertainty (normalised entropy of the class probabilities), 0 to 1.")
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
@@ -94,10 +97,10 @@ class UncertaintyLegend(QWidget):
         row.addStretch(1)
 
 
-def _colour_bar(width: int, height: int) -> QPixmap:
+def _colour_bar(width: int, height: int) -> QImage:
     """The uncertainty colormap as seen over white (its transparency included)."""
     rgba = uncertainty_colormap().map(np.linspace(0.0, 1.0, width))
     rgb = rgba[:, :3] * rgba[:, 3:] + (1.0 - rgba[:, 3:])  # over a white page
     pixels = np.ascontiguousarray(np.broadcast_to((rgb * 255).round().astype(np.uint8), (height, width, 3)))
     image = QImage(pixels.data, width, height, 3 * width, QImage.Format_RGB888)
-    return QPixmap.fromImage(image.copy())
+    return image.copy()  # owns its pixels (``pixels`` goes away)
