@@ -17,7 +17,11 @@ times are printed per run, all from the moment segmenting is asked for:
   the scene) and that frame holds the labels' colours;
 - the region is segmented twice: with an empty feature cache, then again with the cache warm;
 - then "Train on my edits" after 10 more strokes in the view: the time to the trained head and
-  to the view segmented again with it.
+  to the view segmented again with it;
+- then the viewer is closed and the slide opened again in a new one: the time from opening the
+  slide to its session ready (head and features loaded, the view kept in the session folder
+  restored), and "Segment view" of the restored view (a new session starts with an empty
+  feature cache).
 
 Before timing, a small region elsewhere on the slide is segmented once, so the session is open
 and the models are loaded (what a user has after their first click).
@@ -144,7 +148,34 @@ def run_features(app, kind: str, store: Path) -> dict:
             "warm cache": timed_segment(app, viewer, controller, region)}
     train = timed_train(app, controller, region)
     viewer.close()
-    return {"canvas": canvas, "runs": runs, "train": train}
+    return {"canvas": canvas, "runs": runs, "train": train, "reopen": timed_reopen(app, kind, store, region)}
+
+
+def timed_reopen(app, kind: str, store: Path, region) -> dict:
+    """Open the slide again in a new viewer: time to the session ready, whether the view came
+    back, and "Segment view" of it."""
+    import napari
+
+    from napari_pathsegdiff._widgets._viewport import visible_region
+
+    viewer = napari.Viewer(title=f"bench {kind} reopened", show=True)
+    viewer.window.resize(2350, 1350)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    controller = widget.controller
+    controller.store_root = store / kind
+    t0 = time.perf_counter()
+    viewer.open_sample(PLUGIN, SAMPLE_KEY)
+    if controller.session is None:
+        wait_for(app, controller.session_changed, when=lambda *a: controller.session is not None)
+    ready = time.perf_counter() - t0
+    for _ in range(20):
+        app.processEvents()
+    view = visible_region(viewer, viewer.layers[0])
+    restored = view is not None and max(abs(view.y - region.y), abs(view.x - region.x),
+                                        abs(view.y1 - region.y1), abs(view.x1 - region.x1)) <= 2
+    run = timed_segment(app, viewer, controller, view)
+    viewer.close()
+    return {"ready_s": ready, "view_restored": restored, "segment": run}
 
 
 def timed_train(app, controller, region) -> dict:
@@ -226,6 +257,11 @@ def main() -> None:
             t = out["train"]
             say(f"  Train on my edits (10 strokes of 16x160 px more): head trained {t['trained_s']:.2f} s, "
                 f"view segmented again {t['resegmented_s']:.2f} s (that segmentation's engine {t['segment_engine_s']:.2f} s)")
+            r = out["reopen"]
+            s = r["segment"]
+            say(f"  reopened in a new viewer: session ready {r['ready_s']:.2f} s after opening the slide, view "
+                f"{'restored' if r['view_restored'] else 'NOT restored'}; Segment view: labels in the layer "
+                f"{s['labels_in_layer_s']:.2f} s (engine {s['engine_s']:.2f} s), on screen {s['on_screen_s']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ analysis level would be loaded whole into memory. So the session is shown with:
 - **where to label next**: a Shapes layer with one rectangle, no fill, on the region last
   suggested.
 
-All three are placed by ``scale`` and ``translate`` so that they lie exactly over the slide
+All of them are placed by ``scale`` and ``translate`` so that they lie exactly over the slide
 layer at any zoom. Class colours come from a ``DirectLabelColormap`` and class names from the
 layers' ``features`` (shown in the status bar).
 """
