@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         viewer.open(str(args.path), plugin=PLUGIN)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    viewer.window.resize(1400, 900)
+    viewer.window.resize(1280, 800)  # the dock fits a 1280-px-wide window
     viewer.canvas.overlays.scale_bar.visible = True  # in µm when the slide's µm/px is known
     viewer.reset_view()
 

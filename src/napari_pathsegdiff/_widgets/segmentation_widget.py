@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QFormLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ._classes_section import ClassesSection
@@ -27,6 +27,10 @@ from ._train_section import TrainSection
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
+
+
+DOCK_SLACK_PX = 40
+"""The dock opens this much wider than its minimum width."""
 
 
 def is_slide_layer(layer) -> bool:
@@ -99,6 +103,12 @@ class SegmentationWidget(QWidget):
         layers.events.reordered.connect(self._refresh)
         layers.selection.events.active.connect(self._refresh)
         self._refresh()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """Little wider than the minimum: the dock opens narrow and leaves the canvas room
+        (long texts are elided, sections fold)."""
+        hint, least = super().sizeHint(), self.minimumSizeHint()
+        return QSize(min(hint.width(), least.width() + DOCK_SLACK_PX), hint.height())
 
     def add_section(self, title: str, section: QWidget) -> QWidget:
         """Add ``section`` under a title that folds it away (before the stretch, if any);
