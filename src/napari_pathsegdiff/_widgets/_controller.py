@@ -295,7 +295,8 @@ class AnnotationController(QObject):
         def done(session):
             if not _same_layer(layer, self.image_layer) or layer not in self.viewer.layers:
                 return
-            self._session_opened(session, layer)
+            # an action asked for while opening acts on the view the user has now: keep it
+            self._session_opened(session, layer, restore_view=then is None and self._after_open is None)
             if then is not None:
                 then()
             self._run_after_open()
@@ -303,11 +304,12 @@ class AnnotationController(QObject):
         self._start("open", make, description="Opening the slide's annotations", on_done=done,
                     section="model", on_error=self._drop_after_open)
 
-    def _session_opened(self, session, layer) -> None:
+    def _session_opened(self, session, layer, *, restore_view: bool = True) -> None:
         self.session = session
         self.extractor = session.extractor
         self.layers.attach(session, layer)
-        self._restore_view()
+        if restore_view:
+            self._restore_view()
         self.session_changed.emit()
         self.classes_changed.emit()
         self.head_changed.emit()
