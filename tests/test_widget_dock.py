@@ -288,7 +288,7 @@ def test_the_dock_fits_a_1280_px_window_with_folding_sections(make_napari_viewer
     viewer, widget, layer, folder = _opened(make_napari_viewer, qtbot, scene, tmp_path, show=True)
     assert widget.minimumSizeHint().width() <= 420  # 1280 - 420 leaves napari's layer list and canvas 860 px
     assert widget.sizeHint().width() <= 420  # and it opens that narrow
-    assert list(widget.sections) == ["Model", "Classes", "Segment", "Train", "Synthesize", "Export"]
+    assert list(widget.sections) == ["Model", "Project", "Classes", "Segment", "Train", "Synthesize", "Export"]
     viewer.window.resize(1280, 800)
     qtbot.wait(200)
     buttons = [b for b in widget.findChildren(QAbstractButton) if b.isVisible()]
