@@ -153,7 +153,7 @@ def child_split(config: dict) -> dict:
     from napari_pathsegdiff.core.slide import open_slide
     from napari_pathsegdiff.engine.batch import block_worker
     from napari_pathsegdiff.engine.batch.block_plan import plan_blocks
-    from napari_pathsegdiff.engine.inference.tile_features import make_grid
+    from napari_pathsegdiff.engine.inference.tile_features import prediction_grid, prediction_tiles
 
     head_dir = config["head"]
     head, extractor = block_worker.worker_models(
@@ -164,7 +164,7 @@ def child_split(config: dict) -> dict:
     blocks = plan_blocks(slide.levels[level].shape[:2], level=level, block=config["block"],
                          within=Region(level, y, x, h, w))[: config["n"]]
     slide.read_region(blocks[-1].region)  # warm the file and the decoder
-    grid = make_grid(extractor, 1.0)
+    grid = prediction_grid(extractor, 1.0)
     store = zarr.create_array(store=str(Path(config["out"]) / "split.zarr"), shape=slide.levels[level].shape[:2],
                               chunks=(config["block"],) * 2, dtype="uint8", fill_value=0)
     times = {"decode": 0.0, "features": 0.0, "head": 0.0, "write": 0.0}
@@ -172,9 +172,9 @@ def child_split(config: dict) -> dict:
     tiles_done = 0
     rng = np.random.default_rng(0)
     for block in blocks:
-        tiles = grid.tiles(grid.analysis_box(block.region))
+        _, tiles = prediction_tiles(grid, slide, block.region)
         t0, c0 = time.perf_counter(), time.process_time()  # as a block task: one window, tiles from memory
-        window = block_worker.tile_window(grid, block.region)
+        window = block_worker.tile_window(grid, slide, block.region)
         source = block_worker.WindowedSlide(slide, window, slide.read_region(window))
         pixels = np.stack([grid.read_tile(source, level, t) for t in tiles])
         times["decode"] += time.perf_counter() - t0

@@ -110,3 +110,39 @@ def evaluate(
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
+
+
+def seam_ratios(labels: np.ndarray, *, tile: int, origin: tuple[int, int] = (0, 0)) -> dict[str, float | None]:
+    """How much more often labels change across tile-grid lines than elsewhere.
+
+    For each pair of neighbouring rows (columns), the share of pixels whose label differs;
+    the ratio of its mean over pairs straddling a grid line (absolute coordinate a multiple of
+    ``tile``) to its mean over the other pairs. 1 means no seams; ``None`` when undefined (no
+    grid line inside, or no change elsewhere).
+
+    Parameters
+    ----------
+    labels : ndarray, shape (h, w)
+        A label map.
+    tile : int
+        Grid spacing.
+    origin : (int, int)
+        Absolute (y, x) of ``labels[0, 0]`` on the grid.
+
+    Examples
+    --------
+    >>> a = np.zeros((8, 8), int); a[4:] = 1; a[:, 6:] = 2
+    >>> r = seam_ratios(a, tile=4)
+    >>> r["rows_on_grid"], r["cols_on_grid"]
+    (0.75, 0.0)
+    """
+    labels = np.asarray(labels)
+    out: dict[str, float | None] = {}
+    for name, axis, start in (("rows", 0, origin[0]), ("cols", 1, origin[1])):
+        changes = (np.diff(labels, axis=axis) != 0).mean(axis=1 - axis)
+        on_grid = (start + np.arange(1, labels.shape[axis])) % tile == 0
+        grid_rate = float(changes[on_grid].mean()) if on_grid.any() else None
+        other_rate = float(changes[~on_grid].mean()) if (~on_grid).any() else None
+        out[f"{name}_on_grid"], out[f"{name}_elsewhere"] = grid_rate, other_rate
+        out[f"{name}_ratio"] = grid_rate / other_rate if grid_rate is not None and other_rate else None
+    return out

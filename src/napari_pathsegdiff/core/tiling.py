@@ -9,7 +9,15 @@ Tiles are squares of ``tile`` analysis pixels whose corners are multiples of ``t
 *absolute* analysis coordinates, and each is read with ``halo`` pixels of context taken from the
 image itself (padded only beyond the image border). A tile's pixels, hence its features and its
 prediction, depend only on its position, never on the region that asked for it: the prediction of
-a region is exactly the crop of the prediction of any larger region, with no seams.
+a region is exactly the crop of the prediction of any larger region.
+
+Neighbouring tiles see different context, so their predictions disagree a little at the
+shared edge; pasted side by side they leave seams on the grid. With ``blend > 0`` each tile's
+prediction reaches ``blend`` pixels into its halo and neighbours are averaged with a cosine
+window (:func:`blend_window`, as in MONAI's sliding-window inference): the weights of two
+neighbours sum to one across the ``2 * blend`` pixels around their common edge, and the
+outermost ``halo - blend`` pixels of a tile, whose features see the tile border, are never
+used. :class:`Blender` accumulates the weighted tiles.
 
 Examples
 --------
@@ -85,11 +93,15 @@ class TileGrid:
         Context read on every side of the core (cropped after prediction).
     scale : float
         Source pixels per analysis pixel (``analysis µm/px / source µm/px``); 1.0 for none.
+    blend : int
+        Pixels of the halo on every side over which a tile's prediction is blended with its
+        neighbour's (0: cores pasted side by side). At most ``halo`` and ``tile // 2``.
     """
 
     tile: int
     halo: int
     scale: float = 1.0
+    blend: int = 0
 
     def __post_init__(self):
         if self.tile <= 0:
@@ -98,6 +110,11 @@ class TileGrid:
             raise ValueError(f"Tile halo must be >= 0, got {self.halo}.")
         if not (self.scale > 0 and math.isfinite(self.scale)):
             raise ValueError(f"Resampling scale must be a positive number, got {self.scale}.")
+        if not 0 <= self.blend <= min(self.halo, self.tile // 2):
+            raise ValueError(
+                f"Blend width must be between 0 and the halo ({self.halo}) and half the tile "
+                f"({self.tile // 2}), got {self.blend}."
+            )
 
     @property
     def outer_size(self) -> int:
@@ -134,11 +151,25 @@ class TileGrid:
         h = self.halo
         return Tile(row, col, core, Box(y0 - h, x0 - h, core.y1 + h, core.x1 + h))
 
-    def tiles(self, box: Box) -> list[Tile]:
-        """Tiles whose cores overlap ``box``, row by row."""
-        rows = range(box.y0 // self.tile, -(-box.y1 // self.tile))
-        cols = range(box.x0 // self.tile, -(-box.x1 // self.tile))
-        return [self.tile_at(r, c) for r in rows for c in cols]
+    def support(self, tile: Tile) -> Box:
+        """Pixels to which ``tile``'s prediction contributes: its core plus ``blend`` each side."""
+        b, c = self.blend, tile.core
+        return Box(c.y0 - b, c.x0 - b, c.y1 + b, c.x1 + b)
+
+    def tiles(self, box: Box, *, extent: Box | None = None) -> list[Tile]:
+        """Tiles whose predictions reach ``box`` (their :meth:`support`), row by row.
+
+        With ``extent`` (the analysis box of the whole image), tiles that only blend into
+        ``box`` from beyond the image are left out: they would see only padding. Without
+        blending, these are the tiles whose cores overlap ``box``.
+        """
+        b = self.blend
+        rows = range((box.y0 - b) // self.tile, -(-(box.y1 + b) // self.tile))
+        cols = range((box.x0 - b) // self.tile, -(-(box.x1 + b) // self.tile))
+        tiles = [self.tile_at(r, c) for r in rows for c in cols]
+        if extent is not None:
+            tiles = [t for t in tiles if t.core.intersect(box) or t.core.intersect(extent)]
+        return tiles
 
     # --- pixels ---------------------------------------------------------------------------
     def read_tile(self, source, level: int, tile: Tile) -> np.ndarray:
@@ -219,6 +250,62 @@ def interpolate_axis(values: np.ndarray, coords: np.ndarray, *, axis: int) -> np
     a = np.take(values, lo, axis=axis).astype(np.float32, copy=False)
     b = np.take(values, hi, axis=axis).astype(np.float32, copy=False)
     return a + (b - a) * w
+
+
+def blend_window(tile: int, halo: int, blend: int) -> np.ndarray:
+    """Per-pixel weights ``(tile + 2 halo,)`` of one axis of a tile's prediction.
+
+    0 in the outer ``halo - blend`` pixels, 1 in the core away from its edges, and a
+    ``sin²`` ramp across the ``2 * blend`` pixels centred on each core edge, so that the
+    ramps of two neighbours sum to exactly one. The 2-D window is the outer product.
+
+    Examples
+    --------
+    >>> w = blend_window(4, 2, 1)
+    >>> w.round(3).tolist()
+    [0.0, 0.146, 0.854, 1.0, 1.0, 0.854, 0.146, 0.0]
+    >>> float(w[1] + w[5])  # the neighbour's ramp over the same pixel
+    1.0
+    """
+    u = np.arange(tile + 2 * halo, dtype=np.float64) + 0.5
+    if blend == 0:
+        return ((u > halo) & (u < halo + tile)).astype(np.float32)
+    up = np.clip((u - (halo - blend)) / (2 * blend), 0.0, 1.0)
+    down = np.clip((halo + tile + blend - u) / (2 * blend), 0.0, 1.0)
+    return (np.sin(np.pi / 2 * np.minimum(up, down)) ** 2).astype(np.float32)
+
+
+class Blender:
+    """Weighted mean of overlapping per-tile arrays ``(C, outer, outer)`` over ``box``.
+
+    Every tile of ``grid.tiles(box)`` is added once, in any order; :meth:`result` divides by
+    the sum of weights, which is one wherever all neighbours were added and stays right at
+    an image border where tiles beyond it were left out.
+    """
+
+    def __init__(self, grid: TileGrid, box: Box, channels: int):
+        self.grid, self.box = grid, box
+        w = blend_window(grid.tile, grid.halo, grid.blend)
+        self._window = np.outer(w, w)
+        self._sum = np.zeros((channels, *box.shape), dtype=np.float32)
+        self._weight = np.zeros(box.shape, dtype=np.float32)
+
+    def add(self, tile: Tile, values: np.ndarray) -> None:
+        """Add ``values`` covering ``tile.outer``, weighted by the blend window."""
+        part = self.grid.support(tile).intersect(self.box)
+        if part is None:
+            return
+        inside, inner = part.slices_in(self.box), part.slices_in(tile.outer)
+        w = self._window[inner]
+        self._sum[(slice(None), *inside)] += np.asarray(values[(slice(None), *inner)], np.float32) * w
+        self._weight[inside] += w
+
+    def result(self) -> np.ndarray:
+        """The blended values ``(C, *box.shape)`` float32 (call once: divides in place)."""
+        if not (self._weight > 0).all():
+            raise ValueError("Some pixels of the box were covered by no tile: add every tile of grid.tiles(box).")
+        self._sum /= self._weight
+        return self._sum
 
 
 class Stitcher:

@@ -163,14 +163,14 @@ def predict_block(job: BlockJob, region: Region) -> np.ndarray:
     """
     from ..inference.predict import predict_region
     from ...core.scale_plan import plan_at_level
-    from ..inference.tile_features import make_grid
+    from ..inference.tile_features import prediction_grid
 
     head, extractor = worker_models(
         job.head_dir, head_identity=job.head_identity, device=job.device, backbone=job.backbone
     )
     slide = worker_slide(job.slide_path, job.slide_identity, max_pixels=job.max_pixels)
     plan = plan_at_level(slide, region.level, target_mpp=head.mpp, mpp=job.mpp)
-    window = tile_window(make_grid(extractor, plan.scale), region)
+    window = tile_window(prediction_grid(extractor, plan.scale), slide, region)
     source = WindowedSlide(slide, window, slide.read_region(window))
     work = predict_region(
         source, region, head=head, extractor=extractor, plan=plan, batch_size=job.batch_size
@@ -178,9 +178,14 @@ def predict_block(job: BlockJob, region: Region) -> np.ndarray:
     return drive(work, show=False).labels
 
 
-def tile_window(grid, region: Region) -> Region:
-    """The pixels of ``region``'s level that the tiles predicting ``region`` read (a superset)."""
-    tiles = grid.tiles(grid.analysis_box(region))
+def tile_window(grid, slide: Slide, region: Region) -> Region:
+    """The pixels of ``region``'s level that the tiles predicting ``region`` read (a superset).
+
+    These include the neighbouring tiles whose predictions are blended into the block's edges.
+    """
+    from ..inference.tile_features import prediction_tiles
+
+    _, tiles = prediction_tiles(grid, slide, region)
     y0, x0 = min(t.outer.y0 for t in tiles), min(t.outer.x0 for t in tiles)
     y1, x1 = max(t.outer.y1 for t in tiles), max(t.outer.x1 for t in tiles)
     if grid.resampled:  # source coordinates of the analysis pixels, plus the filter's reach

@@ -5,6 +5,8 @@ tiles are resampled to it and the class probabilities are resampled back to the 
 pixels before the argmax. Tiles sit on a grid anchored to absolute coordinates
 (:mod:`~napari_pathsegdiff.core.tiling`), so the prediction of a region is exactly the crop of
 the prediction of any larger region, and features of tiles already seen come from the cache.
+The probabilities of neighbouring tiles are blended across half their halo, so labels and
+uncertainty show no seams on the tile grid.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import torch
 from ...core.feature_cache import FeatureCache
 from ...core.progress import Progress, Work, drive
 from ...core.region import Region
-from ...core.tiling import Stitcher
+from ...core.tiling import Blender
 from ...models.dihedral import DihedralView, transforms, untransform
 from ...core.scale_plan import AnalysisPlan, plan_at_level
-from .tile_features import as_slide, iter_tile_features, make_grid, whole_level
+from .tile_features import as_slide, iter_tile_features, prediction_grid, prediction_tiles, whole_level
 
 
 @dataclass
@@ -70,6 +72,7 @@ def predict_region(
     return_probabilities: bool = False,
     tta: int = 1,
     plan: AnalysisPlan | None = None,
+    blend: int | None = None,
 ) -> Work[Prediction]:
     """Predict ``region`` of ``source``; a generator yielding one :class:`Progress` per batch.
 
@@ -97,6 +100,9 @@ def predict_region(
     plan : AnalysisPlan, optional
         The analysis scale of ``region``'s level when the caller has planned it already
         (:func:`~napari_pathsegdiff.core.scale_plan.plan_at_level`).
+    blend : int, optional
+        Pixels of the halo over which neighbouring tiles are blended (default: half the halo,
+        see :func:`~.tile_features.prediction_grid`); 0 pastes tile cores side by side.
 
     Returns
     -------
@@ -109,12 +115,9 @@ def predict_region(
     if plan is None:
         plan = plan_at_level(slide, region.level, target_mpp=head.mpp, mpp=mpp)
     notes = [n for n in plan.notes if n.startswith("µm/px unknown")]
-    grid = make_grid(extractor, plan.scale)
-    box = grid.analysis_box(region)
-    tiles = grid.tiles(box)
-    stitch_probs = return_probabilities or grid.resampled
-    n_classes = len(head.class_ids)
-    stitcher = Stitcher(box, n_classes if stitch_probs else 1, dtype=np.float16 if stitch_probs else np.uint8)
+    grid = prediction_grid(extractor, plan.scale, blend=blend)
+    box, tiles = prediction_tiles(grid, slide, region)
+    blender = Blender(grid, box, len(head.class_ids))
     hits0, misses0 = (cache.hits, cache.misses) if cache is not None else (0, 0)
     device = head.device
     done = 0
@@ -126,19 +129,17 @@ def predict_region(
         probs = None
         for (turns, mirrored), batch in zip(transforms(tta), batches):
             maps = [torch.from_numpy(np.stack([f[i] for _, f in batch])).to(device) for i in range(len(batch[0][1]))]
-            p = untransform(head.predict_proba(maps, margin=grid.halo).float().cpu(), turns, mirrored)
+            margin = grid.halo - grid.blend
+            p = untransform(head.predict_proba(maps, margin=margin).float().cpu(), turns, mirrored)
             probs = p if probs is None else probs + p
         probs = (probs / len(views)).numpy()
         for (tile, _), p in zip(batches[0], probs):
-            stitcher.add(tile, p.astype(np.float16) if stitch_probs else p.argmax(0)[None].astype(np.uint8))
+            blender.add(tile, p)
         done += len(batches[0])
         yield Progress("predict", done, len(tiles), f"{done}/{len(tiles)} tiles")
-    if stitch_probs:
-        probabilities = grid.to_source(stitcher.values, box, region)
-        indices = probabilities.argmax(0)
-        probabilities = probabilities.astype(np.float16, copy=False) if return_probabilities else None
-    else:
-        indices, probabilities = stitcher.values[0], None
+    probabilities = grid.to_source(blender.result(), box, region)
+    indices = probabilities.argmax(0)
+    probabilities = probabilities.astype(np.float16) if return_probabilities else None
     stats = {}
     if cache is not None:
         stats = {"hits": cache.hits - hits0, "misses": cache.misses - misses0}

@@ -12,7 +12,14 @@ import numpy as np
 from ...core.feature_cache import FeatureCache, feature_key
 from ...core.region import Region
 from ...core.slide import Slide
-from ...core.tiling import Tile, TileGrid
+from ...core.tiling import Box, Tile, TileGrid
+
+#: Share of the halo over which predictions of neighbouring tiles are blended (the outer
+#: rest, whose features see the tile's border, is dropped). On the bundled sample with the
+#: demo head, half the halo brings label changes on the tile grid to the rate elsewhere
+#: (BENCHMARKS.md, "Seamless tiles").
+BLEND_SHARE = 0.5
+
 
 def as_slide(source, *, mpp: float | None = None) -> Slide:
     """A :class:`Slide` for ``source`` (a slide, or an RGB/RGBA array wrapped as one)."""
@@ -36,6 +43,29 @@ def make_grid(extractor, scale: float) -> TileGrid:
             f"{extractor.multiple}; tile {grid.tile} with halo {grid.halo} gives {grid.outer_size}."
         )
     return grid
+
+
+def prediction_grid(extractor, scale: float, *, blend: int | None = None) -> TileGrid:
+    """The grid that predictions use: :func:`make_grid` with neighbouring tiles blended.
+
+    ``blend`` overrides the width (pixels of the halo each side; 0 pastes cores side by side);
+    the default is :data:`BLEND_SHARE` of the halo.
+    """
+    grid = make_grid(extractor, scale)
+    if blend is None:
+        blend = min(int(grid.halo * BLEND_SHARE), grid.tile // 2)
+    return TileGrid(tile=grid.tile, halo=grid.halo, scale=grid.scale, blend=int(blend))
+
+
+def prediction_tiles(grid: TileGrid, slide: Slide, region: Region) -> tuple[Box, list[Tile]]:
+    """The analysis box of ``region`` and every tile whose prediction reaches it.
+
+    Tiles beyond the level's border are left out, so the set depends only on the slide and
+    each pixel's position: a region's prediction is the crop of any larger one.
+    """
+    box = grid.analysis_box(region)
+    extent = grid.analysis_box(whole_level(slide, region.level))
+    return box, grid.tiles(box, extent=extent)
 
 
 def iter_tile_features(
