@@ -59,12 +59,15 @@ class AnnotationController(QObject):
         "train", "synthesize", "export"); errors start with "Error: " or name the problem.
     segmented(object)
         A :class:`~napari_pathsegdiff.engine.session.annotation.SegmentResult` is on screen.
+    refreshed(object)
+        The regions an earlier head segmented were segmented again in the background: their
+        number, or None when stopped or failed (they stay marked in the status line).
     train_progress(object)
         A :class:`~napari_pathsegdiff.core.progress.Progress` of the training.
     train_finished(object)
         The training ended: a ``TrainOutcome``, or None when cancelled or failed.
     busy(str, bool)
-        A job ("open", "features", "head", "segment", "train", "suggest", "export",
+        A job ("open", "features", "head", "segment", "refresh", "train", "suggest", "export",
         "generator", "generate") started or ended.
     suggested(object)
         "Where to label next" moved the view: the ``Suggestion``, or None when there is none.
@@ -79,6 +82,7 @@ class AnnotationController(QObject):
     head_changed = Signal()
     message = Signal(str, str)
     segmented = Signal(object)
+    refreshed = Signal(object)
     train_progress = Signal(object)
     train_finished = Signal(object)
     busy = Signal(str, bool)
@@ -238,7 +242,7 @@ class AnnotationController(QObject):
     def close_session(self) -> None:
         """Stop the session's jobs and remove its layers (everything is already on disk)."""
         self._after_open = None
-        for name in ("open", "segment", "train", "head", "generator", "generate"):
+        for name in ("open", "segment", "refresh", "train", "head", "generator", "generate"):
             if name in self.jobs:
                 self.jobs[name].cancel()
         if self._view_timer.isActive():  # moved since the view was last kept
@@ -315,6 +319,8 @@ class AnnotationController(QObject):
         self.head_changed.emit()
         self.message.emit("model", " ".join(session.notes))
         session.notes.clear()
+        if session.head is not None:  # regions an earlier head segmented are brought up to date
+            self.refresh_stale()
 
     # --- the view, kept in the session folder ---------------------------------------------------
     def _view_moved(self, event=None) -> None:
@@ -511,6 +517,7 @@ class AnnotationController(QObject):
         previous = self.jobs.get("segment")
         if previous is not None:
             previous.cancel()  # superseded: never queued
+        self._stop_refresh()  # the view first; the refresh resumes after it
         session = self.session
         if session.head is None:
             self._empty_window(region)
@@ -528,6 +535,7 @@ class AnnotationController(QObject):
             r = result.region
             self.message.emit("segment", f"Segmented {r.width}x{r.height} px in {result.seconds:.1f} s{notes}.")
             self.segmented.emit(result)
+            self.refresh_stale(first=result.region)
 
         def finished(job):
             if job.cancelled and job is self._cancelled_segment:
@@ -544,6 +552,63 @@ class AnnotationController(QObject):
         job = self.jobs.get("segment")
         if job is not None and job.running:
             self._cancelled_segment = job
+            job.cancel()
+
+    def refresh_stale(self, *, first=None) -> None:
+        """Segment again, in the background, the regions an earlier head segmented (nearest to
+        ``first`` first); the status line says how many are left, and Stop keeps them marked."""
+        session, previous = self.session, self.jobs.get("refresh")
+        if session is None or session.head is None or self.running("train"):
+            return
+        if previous is not None and previous.running and not previous.cancelled:
+            return  # one is under way
+        shown = [-1]
+
+        def progress(record) -> None:
+            if record.stage != "refresh":
+                return
+            if record.done != shown[0]:  # a region was written: show it in the overview
+                shown[0] = record.done
+                self.layers.refresh_overview()
+                self.layers.reload_window()
+            if record.total and record.done < record.total:
+                self.message.emit("segment", f"Updating what an earlier head segmented: {record.message}… "
+                                             f"({record.total - record.done} left; Stop keeps them as they are)")
+
+        def done(count):
+            if session is not self.session:
+                return
+            if count:
+                self.layers.refresh_overview()
+                self.layers.reload_window()
+                self.message.emit("segment", f"Segmented again with the current head: {count} region(s) an "
+                                             "earlier head had segmented.")
+            self.refreshed.emit(count)
+
+        def finished(job):
+            if job.cancelled and getattr(job, "stopped_by_user", False) and session is self.session:
+                left = len(session.stale_regions())
+                if left:
+                    self.message.emit("segment", f"Stopped: {left} chunk(s) still show an earlier head's labels; "
+                                                 "they are updated after the next segmentation, and before an export.")
+            if job.cancelled:
+                self.refreshed.emit(None)
+
+        self._start("refresh", lambda: session.refresh_stale(first=first),
+                    description="Updating older regions", section="segment", on_done=done,
+                    on_progress=progress, on_finished=finished, on_error=lambda exc: self.refreshed.emit(None))
+
+    def cancel_refresh(self) -> None:
+        """Stop segmenting older regions again (those done keep the new labels); the status
+        line says how many still show an earlier head's labels."""
+        job = self.jobs.get("refresh")
+        if job is not None and job.running:
+            job.stopped_by_user = True
+            job.cancel()
+
+    def _stop_refresh(self) -> None:
+        job = self.jobs.get("refresh")
+        if job is not None:
             job.cancel()
 
     def _empty_window(self, region) -> None:
@@ -631,6 +696,7 @@ class AnnotationController(QObject):
             return
         if "segment" in self.jobs:
             self.jobs["segment"].cancel()
+        self._stop_refresh()
         session, steps, include = self.session, self.train_steps, self.include_synthetic
 
         def make():
@@ -682,16 +748,18 @@ class AnnotationController(QObject):
     # --- export --------------------------------------------------------------------------------
     def export(self, path: str | Path) -> None:
         """Write the labels (merged view) to ``path`` (.ome.tif, .ome.zarr or .geojson) in a job;
-        ``exported`` gives the path written, or None."""
+        ``exported`` gives the path written, or None. Regions an earlier head segmented are
+        segmented again first, so the file never mixes two heads."""
         if not self._require_session("export"):
             self.exported.emit(None)
             return
+        self._stop_refresh()  # the export segments them itself
         session = self.session
 
         def make():
-            from ..engine.session.annotation_export import export_labels
+            from ..engine.session.annotation_export import export_work
 
-            return _as_work(export_labels, session, path)
+            return export_work(session, path)  # regions of an earlier head are segmented again first
 
         def done(written):
             self.message.emit("export", f"Wrote {written}.")

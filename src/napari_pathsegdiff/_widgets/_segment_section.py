@@ -1,5 +1,6 @@
 """Segment section: "Segment view" with Cancel, "Live", the uncertainty layer with its legend,
-and "Where to label next"."""
+"Where to label next", and "Stop updating" while regions an earlier head segmented are
+segmented again."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ class SegmentSection(QWidget):
         self.next_button = QPushButton("Where to label next")
         self.next_button.setToolTip("Go to the most uncertain tissue that has no painted pixel yet "
                                     "and frame it with a yellow box.")
+        self.stop_refresh_button = QPushButton("Stop updating older regions")
+        self.stop_refresh_button.setToolTip(
+            "Regions an earlier head segmented are being segmented again with the current head; "
+            "stop to keep them as they are for now (an export still updates them first).")
+        self.stop_refresh_button.setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -48,6 +54,7 @@ class SegmentSection(QWidget):
         layout.addLayout(row)
         layout.addLayout(row2)
         layout.addWidget(self.legend)
+        layout.addWidget(self.stop_refresh_button)
         layout.addWidget(self.status)
 
         self.segment_button.clicked.connect(lambda: controller.segment_view())
@@ -56,6 +63,7 @@ class SegmentSection(QWidget):
         self.uncertainty.toggled.connect(controller.set_show_uncertainty)
         self.uncertainty.toggled.connect(self.legend.setVisible)
         self.next_button.clicked.connect(controller.where_to_label_next)
+        self.stop_refresh_button.clicked.connect(controller.cancel_refresh)
         controller.message.connect(self._message)
         controller.busy.connect(self._busy)
 
@@ -66,6 +74,8 @@ class SegmentSection(QWidget):
     def _busy(self, name: str, on: bool) -> None:
         if name == "segment":
             self.cancel_button.setEnabled(on)
+        elif name == "refresh":
+            self.stop_refresh_button.setVisible(on)
 
 
 class UncertaintyLegend(QWidget):

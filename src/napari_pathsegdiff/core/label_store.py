@@ -6,7 +6,11 @@ works at). It keeps two arrays of the same shape:
 ``prediction``
     class ids written by the model, 0 where nothing was predicted yet;
 ``edits``
-    class ids a person painted, 0 where they painted nothing.
+    class ids a person painted, 0 where they painted nothing;
+``prediction_head``
+    which head predicted each pixel: an index into the store's list of head identities
+    (``attrs["heads"]``, index 1 is its first entry), 0 where unknown (nothing predicted, or
+    predicted before the store recorded heads).
 
 The merged view shows an edit wherever there is one, else the prediction: a new prediction
 never hides or overwrites painted pixels. Every write goes to disk at once (zarr's local
@@ -26,6 +30,7 @@ import numpy as np
 import zarr
 
 FORMAT = 1
+HEAD_ARRAY = "prediction_head"
 
 
 class LabelStoreError(ValueError):
@@ -52,6 +57,10 @@ class LabelStore:
         self._group = group
         self.prediction: zarr.Array = group["prediction"]
         self.edits: zarr.Array = group["edits"]
+        if HEAD_ARRAY not in group:  # a store from before heads were recorded: all unknown
+            group.create_array(HEAD_ARRAY, shape=self.prediction.shape, chunks=self.prediction.chunks,
+                               dtype="uint16", fill_value=0)
+        self.prediction_head: zarr.Array = group[HEAD_ARRAY]
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
@@ -106,6 +115,7 @@ class LabelStore:
             group.create_array(
                 name, shape=shape, chunks=(chunk, chunk), dtype="uint8", fill_value=0
             )
+        group.create_array(HEAD_ARRAY, shape=shape, chunks=(chunk, chunk), dtype="uint16", fill_value=0)
         group.attrs.update(
             {
                 "format": FORMAT,
@@ -185,14 +195,71 @@ class LabelStore:
         self._group.attrs["classes"] = [c.__dict__ for c in classes]
 
     # --- writing -------------------------------------------------------------------------
-    def write_prediction(self, y: int, x: int, labels: np.ndarray) -> None:
+    def write_prediction(self, y: int, x: int, labels: np.ndarray, *, head: str | None = None) -> None:
         """Write predicted class ids with their top-left corner at (y, x).
 
-        Only ``prediction`` changes; painted pixels stay as painted in the merged view.
+        Only ``prediction`` (and the record of which ``head`` made it) changes; painted pixels
+        stay as painted in the merged view. The labels are written before the head record, so
+        a crash in between leaves them marked as made by the head before: stale, never
+        wrongly current.
+
+        Parameters
+        ----------
+        y, x : int
+            Top-left corner in analysis pixels.
+        labels : ndarray of int
+            Predicted class ids (0: nothing predicted).
+        head : str, optional
+            Identity of the head that predicted them (unknown when None).
         """
         labels = self._check_block(y, x, labels)
         h, w = labels.shape
         self.prediction[y : y + h, x : x + w] = labels
+        index = self.head_index(head) if head is not None else 0
+        self.prediction_head[y : y + h, x : x + w] = np.where(labels > 0, index, 0).astype(np.uint16)
+
+    # --- which head predicted what ---------------------------------------------------------
+    @property
+    def heads(self) -> list[str]:
+        """Identities of the heads that wrote predictions, in order (index 1 is the first)."""
+        return list(self._group.attrs.get("heads", []))
+
+    def head_index(self, head: str) -> int:
+        """The index that marks pixels predicted by ``head`` (recorded on first use)."""
+        heads = self.heads
+        if head not in heads:
+            if len(heads) >= np.iinfo(np.uint16).max - 1:
+                raise LabelStoreError(f"The store {self.path} has recorded too many heads.")
+            heads.append(head)
+            self._group.attrs["heads"] = heads
+        return heads.index(head) + 1
+
+    def stale_windows(self, head: str | None) -> list[tuple[int, int, int, int]]:
+        """(y, x, height, width) of every chunk with predicted pixels that ``head`` did not make.
+
+        Pixels whose head is unknown (predicted before heads were recorded) count as stale.
+        With ``head`` None every predicted chunk is listed.
+        """
+        current = self.heads.index(head) + 1 if head in self.heads else -1
+        out = []
+        for y, x, h, w in self._stored_chunks("prediction"):
+            predicted = np.asarray(self.prediction[y : y + h, x : x + w]) > 0
+            made_by = np.asarray(self.prediction_head[y : y + h, x : x + w])
+            if (predicted & (made_by != current)).any():
+                out.append((y, x, h, w))
+        return out
+
+    def prediction_heads(self) -> dict[str | None, int]:
+        """Predicted pixels per head identity over the whole store (None: unknown head)."""
+        heads, counts = self.heads, {}
+        for y, x, h, w in self._stored_chunks("prediction"):
+            predicted = np.asarray(self.prediction[y : y + h, x : x + w]) > 0
+            ids, n = np.unique(np.asarray(self.prediction_head[y : y + h, x : x + w])[predicted],
+                               return_counts=True)
+            for i, k in zip(ids.tolist(), n.tolist()):
+                key = heads[i - 1] if 0 < i <= len(heads) else None
+                counts[key] = counts.get(key, 0) + k
+        return counts
 
     def write_edits(self, y: int, x: int, values: np.ndarray, where: np.ndarray | None = None) -> None:
         """Record painted class ids (0 removes an edit) with their top-left corner at (y, x).
@@ -276,17 +343,20 @@ class LabelStore:
         Only chunks stored on disk are looked at (zarr does not store chunks that are all 0),
         so this costs nothing on an unpainted whole slide.
         """
-        ch, cw = self.edits.chunks
+        return [(y, x, h, w) for y, x, h, w in self._stored_chunks("edits")
+                if np.any(np.asarray(self.edits[y : y + h, x : x + w]))]
+
+    def _stored_chunks(self, name: str) -> list[tuple[int, int, int, int]]:
+        """(y, x, height, width) of the chunks of array ``name`` written to disk."""
+        ch, cw = self._group[name].chunks
         H, W = self.shape
         out = []
-        chunk_dir = self.path / "edits" / "c"
+        chunk_dir = self.path / name / "c"
         for key in sorted(chunk_dir.glob("*/*")) if chunk_dir.is_dir() else []:
             if not (key.parent.name.isdigit() and key.name.isdigit()):
                 continue  # a temporary file of a write in progress
             cy, cx = int(key.parent.name) * ch, int(key.name) * cw
-            h, w = min(ch, H - cy), min(cw, W - cx)
-            if np.any(np.asarray(self.edits[cy : cy + h, cx : cx + w])):
-                out.append((cy, cx, h, w))
+            out.append((cy, cx, min(ch, H - cy), min(cw, W - cx)))
         return out
 
     def painted_pixel_count(self) -> int:

@@ -45,6 +45,7 @@ from .session_folder import (
     retire_session_head,
     save_session_head,
     session_folder_for,
+    session_head_identity,
     swap_session_heads,
 )
 from .suggestion import (
@@ -62,6 +63,9 @@ MAX_SEGMENT_PIXELS = 4096 * 4096
 SUGGESTION_BLOCK = BLOCK
 GIVEN_MPP = "given (kept in the session)"
 """The ``mpp_source`` of a level-0 µm/px given in the session (its slide file records none)."""
+REFRESH_BLOCK = 2048
+"""Side (analysis pixels) of the blocks that :meth:`AnnotationSession.refresh_stale` segments
+at once: stale chunks of one block are segmented together, so tiles are shared."""
 
 __all__ = [
     "AnnotationError",
@@ -179,6 +183,7 @@ class AnnotationSession:
         self.level = int(level)
         self.extractor = extractor
         self.head = None
+        self.head_identity: str | None = None  # recorded with every prediction (see stale_regions)
         self.cache = cache if cache is not None else FeatureCache()
         self.notes: list[str] = []
         self._tissue: np.ndarray | None = None
@@ -355,7 +360,7 @@ class AnnotationSession:
             try:
                 self.head.check_compatible(extractor)
             except HeadError as exc:
-                self.head = None
+                self.head, self.head_identity = None, None
                 self.notes.append(f"The current head was put aside: {exc}")
 
     def set_head(self, head, *, save: bool = True) -> None:
@@ -381,6 +386,7 @@ class AnnotationSession:
         self.head = head
         if save:
             save_session_head(self.folder, head)
+        self.head_identity = session_head_identity(self.folder)
 
     def open_head(self, folder: str | Path) -> None:
         """Load the head in ``folder`` and make it the session's head.
@@ -398,7 +404,7 @@ class AnnotationSession:
     def new_head(self) -> None:
         """Forget the current head: the next training makes a new one (the old one is kept as
         ``head-previous``)."""
-        self.head = None
+        self.head, self.head_identity = None, None
         retire_session_head(self.folder)
 
     def revert_head(self) -> None:
@@ -481,11 +487,13 @@ class AnnotationSession:
             raise AnnotationError(f"The region {region} lies outside the slide: nothing to segment.") from exc
 
     # --- segmenting ---------------------------------------------------------------------------
-    def segment(self, region: Region, *, uncertainty: bool = True, batch_size: int = 4) -> Work[SegmentResult]:
+    def segment(self, region: Region, *, uncertainty: bool = True, batch_size: int = 4,
+                only_predicted: bool = False) -> Work[SegmentResult]:
         """Predict ``region`` and write it into the store; a generator of :class:`Progress`.
 
         Painted pixels stay as painted (the store's merged view shows edits over predictions).
-        Nothing is written when the generator is closed before it finishes.
+        The store records the head that predicted every pixel. Nothing is written when the
+        generator is closed before it finishes.
 
         Parameters
         ----------
@@ -495,6 +503,9 @@ class AnnotationSession:
             Also compute and store the per-pixel normalised entropy.
         batch_size : int
             Tiles per batch.
+        only_predicted : bool
+            Write only pixels that hold a prediction already (re-segmenting what an earlier
+            head predicted, without growing the segmented area).
 
         Raises
         ------
@@ -504,7 +515,7 @@ class AnnotationSession:
         from ..inference.predict import predict_region
         from ..inference.predict import uncertainty as entropy
 
-        head = self._require_head()
+        head, identity = self._require_head(), self.head_identity
         region = self.to_store_region(region)
         if region.height * region.width > MAX_SEGMENT_PIXELS:
             side = int(math.sqrt(MAX_SEGMENT_PIXELS))
@@ -518,13 +529,56 @@ class AnnotationSession:
                                          cache=self.cache, batch_size=batch_size,
                                          return_probabilities=uncertainty)
         labels = self._head_to_store(head)[pred.labels]
-        self.store.write_prediction(region.y, region.x, labels)
+        keep = None
+        if only_predicted:
+            keep = self.store.read(region.y, region.x, region.height, region.width, which="prediction") > 0
+            labels = np.where(keep, labels, 0).astype(np.uint8)
+        self.store.write_prediction(region.y, region.x, labels, head=identity)
         unc = None
         if uncertainty:
             unc = entropy(pred.probabilities)
-            self._uncertainty_array(create=True)[region.slices] = encode_uncertainty(unc)
+            coded = encode_uncertainty(unc)
+            array = self._uncertainty_array(create=True)
+            if keep is not None:
+                coded = np.where(keep, coded, np.asarray(array[region.slices]))
+            array[region.slices] = coded
         return SegmentResult(region, labels, unc, cache=dict(pred.cache), notes=list(pred.notes),
                              seconds=time.perf_counter() - t0)
+
+    def stale_regions(self) -> list[Region]:
+        """Store chunks (analysis level) holding predictions that the current head did not make.
+
+        They were segmented by an earlier head (or before heads were recorded); empty without
+        a head. :meth:`refresh_stale` segments them again.
+        """
+        if self.head is None:
+            return []
+        return [Region(self.level, *w) for w in self.store.stale_windows(self.head_identity)]
+
+    def refresh_stale(self, *, first: Region | None = None, batch_size: int = 4) -> Work[int]:
+        """Segment again, with the current head, every region an earlier head predicted.
+
+        A generator of :class:`Progress` (stage ``"refresh"``, counting regions); it returns
+        the number of regions segmented. Stale chunks are grouped into blocks of
+        :data:`REFRESH_BLOCK` pixels, nearest to ``first`` (e.g. the view) first; only pixels
+        predicted before are written, painted pixels stay as painted, and closing the
+        generator keeps every region already done (each is written whole).
+        """
+        self._require_head()
+        groups = _group_windows(self.store.stale_windows(self.head_identity), REFRESH_BLOCK)
+        if first is not None:
+            at = self.to_store_region(first)
+            cy, cx = at.y + at.height / 2, at.x + at.width / 2
+            groups.sort(key=lambda r: (r.y + r.height / 2 - cy) ** 2 + (r.x + r.width / 2 - cx) ** 2)
+        n = len(groups)
+        for i, (y, x, h, w) in enumerate(groups):
+            what = f"region {i + 1} of {n} segmented by an earlier head"
+            yield Progress("refresh", i, n, what)
+            work = self.segment(Region(self.level, y, x, h, w), batch_size=batch_size, only_predicted=True)
+            yield from _as_stage(work, "refresh", i, n, what)
+        if n:
+            yield Progress("refresh", n, n, "every segmented region is up to date")
+        return n
 
     def uncertainty(self, region: Region) -> np.ndarray:
         """Stored uncertainty of ``region`` (analysis level) in [0, 1]; NaN where not computed."""
@@ -652,7 +706,7 @@ class AnnotationSession:
                        fine_tuned=bool(fine_tune), synthetic=len(synthetic), head=trained.head_kind,
                        features=self.extractor.config(), auto=note or None)
         folder = save_session_head(self.folder, trained, extra={"training.json": summary})
-        self.head = trained
+        self.head, self.head_identity = trained, session_head_identity(self.folder)
         return TrainOutcome(result, folder, not fine_tune, painted, len(windows),
                             seconds=time.perf_counter() - t0, synthetic=len(synthetic), note=note)
 
@@ -804,6 +858,26 @@ def _open_store(slide: Slide, path: Path, *, extractor, head, classes, analysis_
         classes=list(classes or []),
     )
     return store, level
+
+
+def _group_windows(windows, block: int) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes ``(y, x, h, w)`` of ``windows`` grouped by the ``block`` they start in."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for y, x, h, w in windows:
+        g = groups.setdefault((y // block, x // block), [y, x, y + h, x + w])
+        g[:] = [min(g[0], y), min(g[1], x), max(g[2], y + h), max(g[3], x + w)]
+    return [(y0, x0, y1 - y0, x1 - x0) for y0, x0, y1, x1 in (groups[k] for k in sorted(groups))]
+
+
+def _as_stage(work, stage: str, done: int, total: int, what: str):
+    """Run ``work``, reporting its progress as step ``done`` of ``total`` of ``stage``."""
+    while True:
+        try:
+            record = next(work)
+        except StopIteration as stop:
+            return stop.value
+        inner = f" ({record.done}/{record.total} tiles)" if record.total else ""
+        yield Progress(stage, done, total, what + inner)
 
 
 def _level_of(slide: Slide, store: LabelStore) -> int:

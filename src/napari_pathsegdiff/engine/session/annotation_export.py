@@ -4,6 +4,10 @@ The exported mask is the store's merged view (painted pixels over predictions) o
 level, with that level's µm/px; 0 means "not segmented". OME files are written from the lazy
 view band by band. GeoJSON coordinates are level-0 pixels of the slide (QuPath's), and only
 the bounding box of what was segmented or painted is read into memory.
+
+An export never mixes the predictions of two heads: :func:`export_labels` refuses a store
+whose regions were predicted by different heads, and :func:`export_work` (what the widget
+runs) first segments those regions again with the current head.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 
 from ...core.geojson import labels_to_geojson, write_geojson
 from ...core.ome_writer import write_labels_ome_tiff, write_labels_ome_zarr
+from ...core.progress import Progress, Work
 from .annotation import AnnotationError, AnnotationSession
 from .suggestion import stored_chunks
 
@@ -38,11 +43,13 @@ def export_labels(session: AnnotationSession, path: str | Path, *, format: str |
     Raises
     ------
     AnnotationError
-        Unknown format, nothing segmented yet (GeoJSON), or a segmented area too large for one
-        GeoJSON file.
+        Unknown format, predictions of more than one head (segment them again first:
+        :func:`export_work`), nothing segmented yet (GeoJSON), or a segmented area too large
+        for one GeoJSON file.
     """
     path = Path(path)
     format = format or _format_of(path)
+    check_one_head(session)
     store = session.store
     names = {c.id: c.name for c in session.classes}
     colors = {c.id: c.color for c in session.classes}
@@ -71,6 +78,34 @@ def export_labels(session: AnnotationSession, path: str | Path, *, format: str |
         )
         return write_geojson(path, collection)
     raise AnnotationError(f"Unknown export format {format!r}: use one of {', '.join(FORMATS)}.")
+
+
+def export_work(session: AnnotationSession, path: str | Path, *, format: str | None = None) -> Work[Path]:
+    """:func:`export_labels` after segmenting again, with the current head, every region an
+    earlier head predicted; a generator of :class:`Progress`, returning the path written."""
+    if format is None:
+        _format_of(Path(path))  # a bad name fails before any work
+    if session.head is not None and session.stale_regions():
+        yield from session.refresh_stale()
+    yield Progress("export", 0, 1, "writing")
+    written = export_labels(session, path, format=format)
+    yield Progress("export", 1, 1, "written")
+    return written
+
+
+def check_one_head(session: AnnotationSession) -> None:
+    """Raise :class:`AnnotationError` when the stored predictions come from more than one head."""
+    heads = session.store.prediction_heads()
+    if len(heads) <= 1:
+        return
+    current = heads.get(session.head_identity, 0) if session.head_identity else 0
+    older = sum(heads.values()) - current
+    raise AnnotationError(
+        f"The segmented regions come from {len(heads)} different heads ({older} px predicted by an "
+        "earlier head than the current one): an export would mix them. Segment them again with "
+        "the current head first (the widget's Export does it; from Python, "
+        "session.refresh_stale() or annotation_export.export_work)."
+    )
 
 
 def segmented_box(session: AnnotationSession) -> tuple[int, int, int, int] | None:

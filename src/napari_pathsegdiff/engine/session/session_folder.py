@@ -151,6 +151,22 @@ def save_session_head(folder: str | Path, head, *, extra: dict | None = None) ->
     return saved
 
 
+def session_head_identity(folder: str | Path) -> str | None:
+    """A hash of the files of the session's current head (None when there is none).
+
+    The label store records it beside every prediction, so a retrained head, a head opened
+    from elsewhere or a head put back by hand is told apart from the one before.
+    """
+    current = Path(folder) / HEAD
+    if not current.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in current.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def retire_session_head(folder: str | Path) -> None:
     """Move the current head to ``head-previous/`` (a new, untrained head starts).
 
