@@ -153,3 +153,119 @@ def test_prediction_returns_probabilities_that_sum_to_one():
     assert pred.probabilities.shape == (3, 40, 50) and pred.probabilities.dtype == np.float16
     np.testing.assert_allclose(pred.probabilities.astype(np.float32).sum(0), 1.0, atol=3e-3)
     np.testing.assert_array_equal(pred.labels, np.array([0, 3, 7], np.uint8)[pred.probabilities.argmax(0)])
+
+
+# --- blending neighbouring tiles ------------------------------------------------------------------
+
+
+def test_blend_windows_of_neighbours_sum_to_one_and_skip_the_outer_halo():
+    from napari_pathsegdiff.core.tiling import blend_window
+
+    tile, halo, blend = 16, 6, 3
+    w = blend_window(tile, halo, blend)
+    assert w.shape == (28,) and w.dtype == np.float32
+    assert (w[: halo - blend] == 0).all() and (w[-(halo - blend):] == 0).all()  # outer halo unused
+    assert (w[halo + blend : halo + tile - blend] == 1).all()
+    # neighbour r+1 starts `tile` pixels later: over the shared 2 * blend pixels the weights add to 1
+    shared = np.arange(halo + tile - blend, halo + tile + blend)
+    np.testing.assert_allclose(w[shared] + w[shared - tile], 1.0, atol=1e-6)
+    np.testing.assert_array_equal(blend_window(tile, halo, 0), np.r_[np.zeros(6), np.ones(16), np.zeros(6)])
+
+
+def test_blending_grid_asks_for_the_neighbours_whose_halo_reaches_the_box():
+    grid = TileGrid(tile=64, halo=8, blend=4)
+    box = Box(64, 64, 128, 128)  # exactly the core of tile (1, 1)
+    assert [(t.row, t.col) for t in TileGrid(tile=64, halo=8).tiles(box)] == [(1, 1)]
+    assert [(t.row, t.col) for t in grid.tiles(box)] == [(r, c) for r in (0, 1, 2) for c in (0, 1, 2)]
+    assert grid.support(grid.tile_at(1, 1)) == Box(60, 60, 132, 132)
+    # tiles beyond the image are left out: at the border the inside tile alone decides
+    extent = Box(0, 0, 128, 128)
+    assert [(t.row, t.col) for t in grid.tiles(Box(0, 0, 10, 10), extent=extent)] == [(0, 0)]
+    for bad in (9, 33):
+        with pytest.raises(ValueError, match="Blend width must be between 0 and the halo"):
+            TileGrid(tile=64, halo=8 if bad == 9 else 40, blend=bad)
+
+
+def test_blender_gives_the_weighted_mean_and_exact_values_where_tiles_agree():
+    from napari_pathsegdiff.core.tiling import Blender
+
+    grid = TileGrid(tile=8, halo=3, blend=2)
+    box = Box(0, 0, 24, 24)
+    blender = Blender(grid, box, 2)
+    for t in grid.tiles(box, extent=box):
+        yy, xx = np.mgrid[t.outer.y0 : t.outer.y1, t.outer.x0 : t.outer.x1].astype(np.float32)
+        blender.add(t, np.stack([yy + xx, np.full_like(yy, 5.0)]))
+    out = blender.result()
+    yy, xx = np.mgrid[0:24, 0:24]
+    np.testing.assert_allclose(out[0], yy + xx, atol=1e-4)  # every tile says the same: unchanged
+    np.testing.assert_allclose(out[1], 5.0, atol=1e-6)
+    with pytest.raises(ValueError, match="covered by no tile"):
+        Blender(grid, box, 1).result()
+
+
+class _TileContextFeatures(RGBFeatures):
+    """RGB minus the tile's mean: features that depend on the whole tile, as a backbone's do,
+    so that neighbouring tiles disagree at their common edge."""
+
+    def extract(self, tiles):
+        [rgb] = super().extract(tiles)
+        rgb = rgb.astype(np.float32)
+        return [(rgb - rgb.mean((2, 3), keepdims=True)).astype(np.float16)]
+
+
+def test_blending_changes_only_pixels_near_tile_edges():
+    ex = _TileContextFeatures(tile_size=32, halo=6)
+    head, image = _head(ex), _image()
+    pasted = drive(predict_region(image, None, head=head, extractor=ex, blend=0, return_probabilities=True), show=False)
+    blended = drive(predict_region(image, None, head=head, extractor=ex, return_probabilities=True), show=False)
+    diff = np.abs(pasted.probabilities.astype(np.float32) - blended.probabilities.astype(np.float32)).max(0)
+    near = np.zeros(diff.shape, bool)
+    for edge in range(32, 170, 32):  # the default blend is half the halo: 3 px each side of an edge
+        near[edge - 3 : edge + 3] = near[:, edge - 3 : edge + 3] = True
+    assert diff[~near].max() < 2e-3 and diff[near].max() > 0.01
+
+
+def test_seamless_forest_prediction_of_a_region_equals_the_crop_of_a_larger_one():
+    from napari_pathsegdiff.engine.training.train_head import train_head
+
+    ex = RGBFeatures(tile_size=32, halo=8)
+    image = _image()
+    mask = (image[..., 0] > 128).astype(np.uint8) + 2 * (image[..., 1] > 128)
+    forest = drive(train_head([(image, mask)], extractor=ex, head_kind="forest", n_estimators=4), show=False).head
+    big = drive(predict_region(image, None, head=forest, extractor=ex, return_probabilities=True), show=False)
+    small = Region(0, 37, 51, 60, 70)
+    part = drive(predict_region(image, small, head=forest, extractor=ex, return_probabilities=True), show=False)
+    np.testing.assert_array_equal(part.labels, big.labels[small.slices])
+    assert len(np.unique(big.labels)) > 1
+    assert not (big.probabilities.astype(np.float32).sum(0) < 0.99).any()  # blended inside the margin
+
+
+@pytest.mark.slow
+def test_no_seams_on_the_sample_slide_with_the_demo_head():
+    from napari_pathsegdiff._sample_data import sample_slide_path
+    from napari_pathsegdiff.core.feature_cache import FeatureCache
+    from napari_pathsegdiff.core.metrics import seam_ratios
+    from napari_pathsegdiff.core.slide import open_slide
+    from napari_pathsegdiff.engine.shipped_models import demo_head_folder
+    from napari_pathsegdiff.models.heads import load_head_and_extractor
+
+    if demo_head_folder() is None:
+        pytest.skip("the demo head is not installed in this copy of the package")
+    head, ex = load_head_and_extractor(demo_head_folder(), device="cpu")
+    region, cache = Region(0, 256, 0, 1536, 1536), FeatureCache()
+    with open_slide(sample_slide_path()) as slide:
+        after = drive(predict_region(slide, region, head=head, extractor=ex, cache=cache), show=False)
+        before = drive(predict_region(slide, region, head=head, extractor=ex, cache=cache, blend=0), show=False)
+    assert before.cache["misses"] == 0  # the same tiles, from the cache: only the stitching differs
+    seams_before = seam_ratios(before.labels, tile=ex.tile_size, origin=(256, 0))
+    seams_after = seam_ratios(after.labels, tile=ex.tile_size, origin=(256, 0))
+    assert seams_before["rows_ratio"] > 2 and seams_before["cols_ratio"] > 2  # the grid showed
+    assert seams_after["rows_ratio"] <= 2 and seams_after["cols_ratio"] <= 2
+    assert len(np.unique(after.labels)) == 3
+
+
+def test_blended_prediction_of_a_region_equals_the_crop_of_a_larger_one_when_tiles_disagree():
+    ex = _TileContextFeatures(tile_size=32, halo=6)
+    _seam_check(ex, _head(ex), _image(), Region(0, 37, 51, 60, 70))
+    _seam_check(ex, _head(ex), _image(), Region(0, 0, 120, 25, 50))  # touches the image border
+    _seam_check(ex, _head(ex, mpp=0.5), _image(), Region(0, 41, 33, 57, 64), mpp=0.3)  # resampled
