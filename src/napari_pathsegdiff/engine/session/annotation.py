@@ -555,21 +555,22 @@ class AnnotationSession:
             return []
         return [Region(self.level, *w) for w in self.store.stale_windows(self.head_identity)]
 
-    def refresh_stale(self, *, first: Region | None = None, batch_size: int = 4) -> Work[int]:
+    def refresh_stale(self, *, first: Region | None = None, batch_size: int = 4,
+                      block: int = REFRESH_BLOCK) -> Work[int]:
         """Segment again, with the current head, every region an earlier head predicted.
 
         A generator of :class:`Progress` (stage ``"refresh"``, counting regions); it returns
-        the number of regions segmented. Stale chunks are grouped into blocks of
-        :data:`REFRESH_BLOCK` pixels, nearest to ``first`` (e.g. the view) first; only pixels
+        the number of regions segmented. Stale chunks are grouped into blocks of ``block``
+        pixels and segmented block by block, nearest to ``first`` (e.g. the view) first; only pixels
         predicted before are written, painted pixels stay as painted, and closing the
         generator keeps every region already done (each is written whole).
         """
         self._require_head()
-        groups = _group_windows(self.store.stale_windows(self.head_identity), REFRESH_BLOCK)
+        groups = _group_windows(self.store.stale_windows(self.head_identity), block)
         if first is not None:
             at = self.to_store_region(first)
             cy, cx = at.y + at.height / 2, at.x + at.width / 2
-            groups.sort(key=lambda r: (r.y + r.height / 2 - cy) ** 2 + (r.x + r.width / 2 - cx) ** 2)
+            groups.sort(key=lambda g: (g[0] + g[2] / 2 - cy) ** 2 + (g[1] + g[3] / 2 - cx) ** 2)
         n = len(groups)
         for i, (y, x, h, w) in enumerate(groups):
             what = f"region {i + 1} of {n} segmented by an earlier head"

@@ -6,8 +6,8 @@ view band by band. GeoJSON coordinates are level-0 pixels of the slide (QuPath's
 the bounding box of what was segmented or painted is read into memory.
 
 An export never mixes the predictions of two heads: :func:`export_labels` refuses a store
-whose regions were predicted by different heads, and :func:`export_work` (what the widget
-runs) first segments those regions again with the current head.
+with regions that an earlier head segmented, and :func:`export_work` (what the widget runs)
+first segments those regions again with the current head.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def export_labels(session: AnnotationSession, path: str | Path, *, format: str |
     Raises
     ------
     AnnotationError
-        Unknown format, predictions of more than one head (segment them again first:
+        Unknown format, predictions of an earlier head (segment them again first:
         :func:`export_work`), nothing segmented yet (GeoJSON), or a segmented area too large
         for one GeoJSON file.
     """
@@ -94,17 +94,19 @@ def export_work(session: AnnotationSession, path: str | Path, *, format: str | N
 
 
 def check_one_head(session: AnnotationSession) -> None:
-    """Raise :class:`AnnotationError` when the stored predictions come from more than one head."""
+    """Raise :class:`AnnotationError` unless every stored prediction comes from one head: the
+    session's current head when it has one."""
     heads = session.store.prediction_heads()
-    if len(heads) <= 1:
+    current = session.head_identity
+    older = sum(n for h, n in heads.items() if h != current) if current is not None else 0
+    if older == 0 and (current is not None or len(heads) <= 1):
         return
-    current = heads.get(session.head_identity, 0) if session.head_identity else 0
-    older = sum(heads.values()) - current
+    what = (f"{older} px were segmented by an earlier head than the current one"
+            if current is not None else f"the segmented regions come from {len(heads)} different heads")
     raise AnnotationError(
-        f"The segmented regions come from {len(heads)} different heads ({older} px predicted by an "
-        "earlier head than the current one): an export would mix them. Segment them again with "
-        "the current head first (the widget's Export does it; from Python, "
-        "session.refresh_stale() or annotation_export.export_work)."
+        f"Not exported: {what}, and an export must not mix heads. Segment them again with the "
+        "current head first (the widget's Export does it; from Python, session.refresh_stale() "
+        "or annotation_export.export_work)."
     )
 
 
