@@ -3,7 +3,9 @@
 The feature extractor is frozen, so the features of a tile never change: keep them, and
 retraining the head or re-predicting a region already seen runs no autoencoder and no UNet.
 A key names everything that changes a tile's features (:func:`feature_key`); values are lists
-of float16 arrays (one per feature map), stored read-only.
+of float16 arrays (one per feature map), stored read-only. With a ``disk`` tier
+(:class:`~.disk_feature_cache.DiskFeatureCache`, e.g. in a slide's session folder) features
+also outlive the process: a miss in memory is looked up on disk before anything is computed.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class FeatureCache:
     max_bytes : int
         Budget; the least recently used entries are evicted to stay within it. A value larger
         than the whole budget is not stored.
+    disk : DiskFeatureCache, optional
+        A second, persistent tier: read on a memory miss, written with every new value.
 
     Examples
     --------
@@ -67,7 +71,7 @@ class FeatureCache:
     ((100,), 1, 0)
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES):
+    def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES, *, disk=None):
         if max_bytes < 0:
             raise ValueError(f"Feature cache budget must be >= 0 bytes, got {max_bytes}.")
         self.max_bytes = int(max_bytes)
@@ -77,6 +81,8 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.disk = disk
+        self.disk_hits = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,18 +91,33 @@ class FeatureCache:
         return key in self._entries
 
     def get(self, key: Hashable) -> list[np.ndarray] | None:
-        """The features stored under ``key`` (marked most recently used), or ``None``."""
+        """The features stored under ``key`` (marked most recently used), or ``None``.
+
+        A key missing from memory is looked up in the disk tier (and kept in memory if found).
+        """
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return list(entry[0])
+        value = self.disk.get(key) if self.disk is not None else None
+        with self._lock:
+            if value is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end(key)
             self.hits += 1
-            return list(entry[0])
+            self.disk_hits += 1
+        self._put_memory(key, value)
+        return list(value)
 
     def put(self, key: Hashable, value: list[np.ndarray]) -> bool:
-        """Store ``value`` under ``key``; returns whether it was stored (it fits the budget)."""
+        """Store ``value`` under ``key`` (and on disk); returns whether memory kept it."""
+        if self.disk is not None:
+            self.disk.put(key, value)
+        return self._put_memory(key, value)
+
+    def _put_memory(self, key: Hashable, value: list[np.ndarray]) -> bool:
         arrays = []
         for a in value:
             a = np.asarray(a)
@@ -142,4 +163,5 @@ class FeatureCache:
             "hits": self.hits,
             "misses": self.misses,
             "evictions": self.evictions,
+            "disk_hits": self.disk_hits,
         }

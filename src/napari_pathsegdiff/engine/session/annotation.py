@@ -4,7 +4,8 @@ and point at the region where a correction helps most.
 An :class:`AnnotationSession` ties together one slide, its label store (predictions and a
 person's edits, on disk in the session folder, see
 :mod:`~napari_pathsegdiff.engine.session.session_folder`), the current head, the feature extractor and
-an in-memory feature cache. The napari widget and the simulated-annotator benchmark both drive
+a feature cache in memory backed by the session folder's ``features/`` (so a reopened slide is
+warm). The napari widget and the simulated-annotator benchmark both drive
 it; its long operations are generators yielding
 :class:`~napari_pathsegdiff.core.progress.Progress` that can be stopped between yields.
 
@@ -29,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import zarr
 
+from ...core.disk_feature_cache import DEFAULT_DISK_BUDGET_BYTES, DiskFeatureCache
 from ...core.feature_cache import FeatureCache
 from ...core.label_store import ClassInfo, LabelStore, LabelStoreError
 from ...core.progress import Progress, Work
@@ -36,6 +38,7 @@ from ...core.region import Region
 from ...core.scale_plan import DEFAULT_ANALYSIS_MPP, plan_for_labels
 from ...core.slide import Slide
 from .session_folder import (
+    FEATURES,
     HEAD,
     LABELS,
     PREVIOUS_HEAD,
@@ -203,6 +206,7 @@ class AnnotationSession:
         analysis_mpp: float | None = None,
         cache: FeatureCache | None = None,
         restore_head: bool = True,
+        feature_disk_bytes: int = DEFAULT_DISK_BUDGET_BYTES,
     ) -> "AnnotationSession":
         """Open the session of ``slide``, creating its store on first use.
 
@@ -229,9 +233,13 @@ class AnnotationSession:
             µm/px that chooses the analysis level of a new store (default: the head's, the
             features', or :data:`DEFAULT_ANALYSIS_MPP`).
         cache : FeatureCache, optional
-            Shared feature cache.
+            Shared feature cache; default one in memory backed by the session folder's
+            ``features/``.
         restore_head : bool
             Load the head saved in the session folder when no ``head`` is given.
+        feature_disk_bytes : int
+            Budget of ``features/`` when ``cache`` is not given (default 2 GiB; 0 keeps no
+            features on disk). The least recently used tiles are deleted beyond it.
 
         Raises
         ------
@@ -244,6 +252,9 @@ class AnnotationSession:
         """
         folder = Path(folder) if folder is not None else session_folder_for(slide, root=root)
         lock = lock_session_folder(folder)
+        if cache is None:
+            disk = DiskFeatureCache(folder / FEATURES, max_bytes=feature_disk_bytes) if feature_disk_bytes else None
+            cache = FeatureCache(disk=disk)
         try:
             return cls._open_locked(slide, folder, lock, extractor=extractor, head=head,
                                     classes=classes, analysis_mpp=analysis_mpp, cache=cache,

@@ -13,6 +13,10 @@ A session folder holds everything a person made for one slide:
 ``view.json``
     where the viewer looked last (centre in level-0 pixels and screen pixels per level-0
     pixel), to show the same place when the session is reopened.
+``features/``
+    tile features of this slide kept between sessions, within a byte budget
+    (:class:`~napari_pathsegdiff.core.disk_feature_cache.DiskFeatureCache`): a reopened slide
+    segments without computing them again. Deleting the folder only costs time.
 
 Heads are replaced as whole folders (:mod:`~napari_pathsegdiff.core.atomic`); a save killed
 between its two renames is repaired by :func:`recover_session_folder` when the session is
@@ -60,6 +64,7 @@ HEAD = "head"
 PREVIOUS_HEAD = "head-previous"
 SWAP_HEAD = "head-swap"
 VIEW = "view.json"
+FEATURES = "features"
 SESSION_LOCK = ".session.lock"
 
 
