@@ -61,7 +61,7 @@ _TMP, _OLD, _TRASH = "tmp", "old", "trash"
 
 
 # --- files -------------------------------------------------------------------------------------
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
     """Write ``data`` to ``path``: a temporary file beside it, flushed, then renamed over it.
 
     Parameters
@@ -70,6 +70,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         The destination; its folder must exist.
     data : bytes
         The whole content.
+    durable : bool
+        Flush to disk (``fsync``) before and after the rename. Without it the write is still
+        whole or absent for every reader and after a killed process, but a power loss may
+        leave an empty or partial file: only for data that its reader checks and can rebuild
+        (a cache).
 
     Returns
     -------
@@ -81,7 +86,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    return replace_file(path, write)
+    return replace_file(path, write, durable=durable)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
@@ -104,7 +109,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str = "ut
     return write_bytes_atomic(path, text.encode(encoding))
 
 
-def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def replace_file(path: str | os.PathLike, write: Callable[[Path], None], *, durable: bool = True) -> Path:
     """Make ``path`` the file that ``write(tmp)`` writes, replacing it only once complete.
 
     Use it for files that a library writes to a path (an OME-TIFF, an image). ``write``
@@ -118,6 +123,8 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         The destination file; its folder must exist.
     write : callable
         Writes the complete file to the path it is given.
+    durable : bool
+        Flush to disk before and after the rename (see :func:`write_bytes_atomic`).
 
     Returns
     -------
@@ -131,12 +138,14 @@ def replace_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if not tmp.is_file():
             raise FileNotFoundError(f"Writing {path}: the writer made no file at {tmp}.")
         umask_permissions(tmp)
-        _fsync_file(tmp)
+        if durable:
+            _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 

@@ -5,7 +5,8 @@ unpickled) named by a hash of the tile's key (:func:`~.feature_cache.feature_key
 identity, level, scale, grid, tile position, extractor identity). The file also holds the key
 itself, checked on every read: a file written for another key, damaged, truncated or holding
 anything but float16 feature maps is ignored, deleted and computed again, never trusted.
-Files are written atomically (:func:`~.atomic.write_bytes_atomic`); reading a file marks it
+Files are written atomically (:func:`~.atomic.write_bytes_atomic`, without waiting for the disk:
+a file a power loss damaged is caught by the check and rebuilt); reading a file marks it
 used (its modification time), and the least recently used files are deleted when the folder
 grows past its budget.
 
@@ -103,7 +104,7 @@ class DiskFeatureCache:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(path, data)
+            write_bytes_atomic(path, data, durable=False)  # checked on reading, rebuilt if lost
         except OSError:
             return False
         with self._lock:
