@@ -269,3 +269,21 @@ def test_blended_prediction_of_a_region_equals_the_crop_of_a_larger_one_when_til
     _seam_check(ex, _head(ex), _image(), Region(0, 37, 51, 60, 70))
     _seam_check(ex, _head(ex), _image(), Region(0, 0, 120, 25, 50))  # touches the image border
     _seam_check(ex, _head(ex, mpp=0.5), _image(), Region(0, 41, 33, 57, 64), mpp=0.3)  # resampled
+
+
+@pytest.mark.slow
+def test_no_seams_on_a_tcga_slide_with_the_demo_head(shared_data):
+    from napari_pathsegdiff.core.metrics import seam_ratios
+    from napari_pathsegdiff.core.slide import open_slide
+    from napari_pathsegdiff.engine.shipped_models import demo_head_folder
+    from napari_pathsegdiff.models.heads import load_head_and_extractor
+
+    if demo_head_folder() is None:
+        pytest.skip("the demo head is not installed in this copy of the package")
+    head, ex = load_head_and_extractor(demo_head_folder(), device="cpu")
+    region = Region(0, 512, 512, 1536, 1536)  # tissue and glass of the 0.5 µm/px pyramid
+    with open_slide(shared_data / "slides" / "TCGA-CR-7395-pyramid.tif") as slide:
+        pred = drive(predict_region(slide, region, head=head, extractor=ex), show=False)
+    seams = seam_ratios(pred.labels, tile=ex.tile_size, origin=(512, 512))
+    assert seams["rows_ratio"] <= 2 and seams["cols_ratio"] <= 2
+    assert len(np.unique(pred.labels)) >= 2

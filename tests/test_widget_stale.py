@@ -153,3 +153,23 @@ def test_stop_keeps_the_older_regions_and_says_so(make_napari_viewer, qtbot, sce
     session = controller.session
     assert len(session.stale_regions()) == 1
     assert "Stopped: 1 chunk(s) still show an earlier head's labels" in widget.segment_section.status.text()
+
+
+def test_the_widget_s_export_never_mixes_heads(make_napari_viewer, qtbot, scene, tmp_path):
+    from napari_pathsegdiff.core.ome_writer import read_labels_ome_tiff
+
+    _session_with_a_segmented(scene, retrain=True)  # A by the first head, a second head current
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, tmp_path)
+    controller = widget.controller
+    viewer.open(str(scene), plugin=PLUGIN)
+    qtbot.waitUntil(lambda: controller.session is not None, timeout=WAIT_MS)
+    with qtbot.waitSignal(controller.exported, timeout=WAIT_MS) as blocker:
+        widget.export_section.export_to(tmp_path / "out.ome.tif")  # at once, refresh under way or not
+    labels, _ = read_labels_ome_tiff(blocker.args[0])
+    session = controller.session
+    assert session.stale_regions() == []
+    direct = drive(predict_region(session.slide, A, head=session.head, extractor=session.extractor), show=False)
+    edits = session.store.read(A.y, A.x, A.height, A.width, which="edits")
+    expected = np.where(edits > 0, edits, session._head_to_store(session.head)[direct.labels])
+    np.testing.assert_array_equal(labels[A.slices], expected)

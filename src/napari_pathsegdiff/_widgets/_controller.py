@@ -762,6 +762,9 @@ class AnnotationController(QObject):
             return export_work(session, path)  # regions of an earlier head are segmented again first
 
         def done(written):
+            if session is self.session:  # regions the export segmented again show their new labels
+                self.layers.refresh_overview()
+                self.layers.reload_window()
             self.message.emit("export", f"Wrote {written}.")
             self.exported.emit(written)
 
