@@ -73,3 +73,20 @@ def test_bad_inputs():
         confusion_matrix(np.array([300]), np.array([1]))
     with pytest.raises(ValueError, match="Nothing to evaluate"):
         evaluate([])
+
+
+def test_seam_ratios_compare_grid_lines_with_the_rest_and_can_leave_out_unsegmented_pixels():
+    from napari_pathsegdiff.core.metrics import seam_ratios
+
+    labels = np.ones((16, 16), np.uint8)
+    labels[:, 8:] = 2  # a change on the grid line x = 8 in every row
+    labels[3:5, 2] = 2  # and a few elsewhere
+    r = seam_ratios(labels, tile=8)
+    assert r["cols_on_grid"] == 1.0 and r["cols_elsewhere"] == pytest.approx(4 / (16 * 14))
+    assert r["cols_ratio"] == pytest.approx(56.0) and r["rows_ratio"] == 0.0  # row changes only off the grid
+    assert seam_ratios(np.ones((8, 8)), tile=4)["rows_ratio"] is None  # no change anywhere
+    shifted = seam_ratios(labels, tile=8, origin=(0, 4))  # grid lines at x = 4 and 12 instead
+    assert shifted["cols_on_grid"] == 0.0
+    labels[:, 12:] = 0  # not segmented: pairs touching it are left out
+    r = seam_ratios(labels, tile=4, ignore=0)
+    assert r["cols_on_grid"] == 0.5  # x = 4: no change, x = 8: all change, x = 12 (2 | 0): left out

@@ -112,13 +112,14 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def seam_ratios(labels: np.ndarray, *, tile: int, origin: tuple[int, int] = (0, 0)) -> dict[str, float | None]:
+def seam_ratios(labels: np.ndarray, *, tile: int, origin: tuple[int, int] = (0, 0),
+                ignore: int | None = None) -> dict[str, float | None]:
     """How much more often labels change across tile-grid lines than elsewhere.
 
     For each pair of neighbouring rows (columns), the share of pixels whose label differs;
-    the ratio of its mean over pairs straddling a grid line (absolute coordinate a multiple of
-    ``tile``) to its mean over the other pairs. 1 means no seams; ``None`` when undefined (no
-    grid line inside, or no change elsewhere).
+    the ratio of that share over pairs straddling a grid line (absolute coordinate a multiple
+    of ``tile``) to the share over the other pairs. 1 means no seams; ``None`` when undefined
+    (no grid line inside, or no change elsewhere).
 
     Parameters
     ----------
@@ -128,6 +129,8 @@ def seam_ratios(labels: np.ndarray, *, tile: int, origin: tuple[int, int] = (0, 
         Grid spacing.
     origin : (int, int)
         Absolute (y, x) of ``labels[0, 0]`` on the grid.
+    ignore : int, optional
+        A value (e.g. 0, "not segmented") whose pixels are left out of every pair.
 
     Examples
     --------
@@ -139,10 +142,16 @@ def seam_ratios(labels: np.ndarray, *, tile: int, origin: tuple[int, int] = (0, 
     labels = np.asarray(labels)
     out: dict[str, float | None] = {}
     for name, axis, start in (("rows", 0, origin[0]), ("cols", 1, origin[1])):
-        changes = (np.diff(labels, axis=axis) != 0).mean(axis=1 - axis)
+        first, second = np.delete(labels, -1, axis=axis), np.delete(labels, 0, axis=axis)
+        counted = np.ones(first.shape, bool) if ignore is None else (first != ignore) & (second != ignore)
+        changes = ((first != second) & counted).sum(axis=1 - axis)
+        pairs = counted.sum(axis=1 - axis)
         on_grid = (start + np.arange(1, labels.shape[axis])) % tile == 0
-        grid_rate = float(changes[on_grid].mean()) if on_grid.any() else None
-        other_rate = float(changes[~on_grid].mean()) if (~on_grid).any() else None
+        rates = []
+        for part in (on_grid, ~on_grid):
+            n = int(pairs[part].sum())
+            rates.append(float(changes[part].sum() / n) if n else None)
+        grid_rate, other_rate = rates
         out[f"{name}_on_grid"], out[f"{name}_elsewhere"] = grid_rate, other_rate
         out[f"{name}_ratio"] = grid_rate / other_rate if grid_rate is not None and other_rate else None
     return out
