@@ -131,7 +131,7 @@ def run_features(app, kind: str, store: Path) -> dict:
     y, x, h, w = WARMUP
     if controller.session is None:  # the widget opens the slide's session (a worker) unless it has already
         wait_for(app, controller.session_changed,
-                 start=lambda: controller.running("open") or controller._with_session("segment", lambda: None))
+                 start=lambda: controller.running("open") or controller.with_session("segment", lambda: None))
     # without a head (classic) the view becomes an empty window to paint in
     wait_for(app, controller.message, start=lambda: controller.segment_region(Region(0, y, x, h, w)),
              when=lambda section, text: section == "segment" and text.startswith(("Segmented", "No trained head")))

@@ -429,3 +429,25 @@ def test_export_writes_the_merged_labels_with_scale_and_class_names(session, tra
 
     with pytest.raises(AnnotationError, match=r"name the file \*\.ome\.tif"):
         export_labels(session, tmp_path / "m.png")
+
+
+def test_an_export_format_is_one_function_and_one_registration(session, trained, tmp_path, monkeypatch):
+    from napari_pathsegdiff.engine.session import annotation_export
+
+    monkeypatch.setattr(annotation_export, "_FORMATS", dict(annotation_export._FORMATS))
+    written = []
+
+    def write_npy(sess, path):
+        with open(path, "wb") as fh:
+            np.save(fh, np.asarray(sess.store.merged()))
+        written.append(path)
+        return path
+
+    annotation_export.register_export_format("numpy", (".npy",), write_npy)
+    assert annotation_export.export_formats() == ("ome-tiff", "ome-zarr", "geojson", "numpy")
+    paint_strokes(session.store)
+    out = export_labels(session, tmp_path / "labels.NPY")  # chosen by its ending, any case
+    assert written == [out] and np.load(out).shape == LEVEL1_SHAPE
+    with pytest.raises(AnnotationError, match=r"Unknown export format 'tiff': use one of ome-tiff, ome-zarr, "
+                                              r"geojson, numpy"):
+        export_labels(session, tmp_path / "x.tif", format="tiff")

@@ -597,7 +597,7 @@ def test_jobs_show_progress_in_the_section_not_in_napari_s_progress_bar(make_nap
     results, bars = [], []
     monkeypatch.setattr(_controller, "PROGRESS_NOTE_S", 60.0)
     with qtbot.waitSignal(controller.busy, timeout=WAIT_MS, check_params_cb=lambda name, on: not on):
-        controller._start("demo", work, description="Segmenting the view", section="segment",
+        controller.start_job("demo", work, description="Segmenting the view", section="segment",
                           on_done=results.append)
         bars.append(len(progress._all_instances))  # napari's bars open while the job runs
     assert bars == [0]

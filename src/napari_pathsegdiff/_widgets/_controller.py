@@ -128,8 +128,14 @@ class AnnotationController(QObject):
         job = self.jobs.get(name)
         return job is not None and job.running
 
-    def _start(self, name: str, make, *, description: str, on_done, section: str, on_progress=None,
-               on_error=None, on_finished=None):
+    def start_job(self, name: str, make, *, description: str, on_done, section: str, on_progress=None,
+                  on_error=None, on_finished=None):
+        """Run the work ``make()`` returns in a worker thread as the job ``name``.
+
+        The sections' one way to run long work: a newer job of the same name supersedes it,
+        ``busy`` is emitted while it runs, progress and errors go to ``section``'s status line,
+        and ``on_done`` gets its result on the GUI thread. Returns the :class:`Job`.
+        """
         def finished(job):
             if self.jobs.get(name) is job:  # not superseded by a newer job of the same name
                 del self.jobs[name]
@@ -253,7 +259,7 @@ class AnnotationController(QObject):
         self.image_layer = None
         self.session_changed.emit()
 
-    def _with_session(self, section: str, then) -> None:
+    def with_session(self, section: str, then) -> None:
         """Run ``then()`` once the session of the current slide is open (creating it).
 
         While the session is being opened, ``then`` is queued (replacing an earlier queued
@@ -305,7 +311,7 @@ class AnnotationController(QObject):
                 then()
             self._run_after_open()
 
-        self._start("open", make, description="Opening the slide's annotations", on_done=done,
+        self.start_job("open", make, description="Opening the slide's annotations", on_done=done,
                     section="model", on_error=self._drop_after_open)
 
     def _session_opened(self, session, layer, *, restore_view: bool = True) -> None:
@@ -363,7 +369,7 @@ class AnnotationController(QObject):
         def make():
             return extractor_work(choice, folder, device)
 
-        self._start("features", make, description="Loading the features", section="model",
+        self.start_job("features", make, description="Loading the features", section="model",
                     on_done=self.use_extractor)
 
     def use_extractor(self, extractor) -> None:
@@ -377,14 +383,14 @@ class AnnotationController(QObject):
         self.head_changed.emit()
 
     def new_head(self) -> None:
-        if self._require_session("model"):
+        if self.require_session("model"):
             self.session.new_head()
             self.message.emit("model", "New head: paint strokes of at least two classes, then train.")
             self.head_changed.emit()
 
     def open_head(self, folder: str | Path) -> None:
         """Load the head in ``folder``; a head for other features is refused with the reason."""
-        if not self._require_session("model"):
+        if not self.require_session("model"):
             return
         session = self.session
 
@@ -397,12 +403,12 @@ class AnnotationController(QObject):
             self.head_changed.emit()
             self.layers.set_classes(session.classes)
 
-        self._start("head", make, description="Opening the head", section="model", on_done=done)
+        self.start_job("head", make, description="Opening the head", section="model", on_done=done)
 
     def revert_head(self) -> None:
         """Go back to the previous head (the session folder's ``head-previous/``; the head it
         replaces becomes the previous one), and segment the edit window again with it."""
-        if not self._require_session("model"):
+        if not self.require_session("model"):
             return
         if self.running("train"):
             self.message.emit("model", "Training is running: revert when it is done (or cancel it).")
@@ -425,11 +431,11 @@ class AnnotationController(QObject):
             if session is self.session and self.layers.window is not None:
                 self.segment_region(_window_region(session, self.layers.window))
 
-        self._start("head", make, description="Reverting to the previous head", section="model",
+        self.start_job("head", make, description="Reverting to the previous head", section="model",
                     on_done=done)
 
     def save_head_as(self, folder: str | Path) -> None:
-        if not self._require_session("model"):
+        if not self.require_session("model"):
             return
         try:
             path = self.session.save_head_as(folder)
@@ -459,12 +465,12 @@ class AnnotationController(QObject):
                                        "segmenting matches the head's µm/px and exports carry the scale.")
             self.head_changed.emit()
 
-        self._with_session("model", apply)
+        self.with_session("model", apply)
 
     # --- classes -------------------------------------------------------------------------------
     def set_classes(self, classes) -> bool:
         """Replace the class table; returns whether it was accepted."""
-        if not self._require_session("classes"):
+        if not self.require_session("classes"):
             return False
         try:
             self.session.set_classes(classes)
@@ -508,11 +514,11 @@ class AnnotationController(QObject):
         if region is None:
             self.message.emit("segment", "No part of the slide is visible: pan or zoom to it.")
             return
-        self._with_session("segment", lambda: self.segment_region(region))
+        self.with_session("segment", lambda: self.segment_region(region))
 
     def segment_region(self, region) -> None:
         """Segment ``region`` (any level) of the current slide."""
-        if not self._require_session("segment"):
+        if not self.require_session("segment"):
             return
         previous = self.jobs.get("segment")
         if previous is not None:
@@ -543,7 +549,7 @@ class AnnotationController(QObject):
                                              "labels shown are as they were. The tiles already done "
                                              "are cached, so segmenting again is faster.")
 
-        self._start("segment", make, description="Segmenting the view", section="segment", on_done=done,
+        self.start_job("segment", make, description="Segmenting the view", section="segment", on_done=done,
                     on_progress=self._progress_estimate("segment", "Segmenting the view"),
                     on_finished=finished)
 
@@ -594,7 +600,7 @@ class AnnotationController(QObject):
             if job.cancelled:
                 self.refreshed.emit(None)
 
-        self._start("refresh", lambda: session.refresh_stale(first=first),
+        self.start_job("refresh", lambda: session.refresh_stale(first=first),
                     description="Updating older regions", section="segment", on_done=done,
                     on_progress=progress, on_finished=finished, on_error=lambda exc: self.refreshed.emit(None))
 
@@ -657,7 +663,7 @@ class AnnotationController(QObject):
 
     def where_to_label_next(self) -> None:
         """Move the view to the most uncertain tissue region not yet painted (found in a job)."""
-        if not self._require_session("segment") or self.running("suggest"):
+        if not self.require_session("segment") or self.running("suggest"):
             return
         session = self.session
         size = 256
@@ -682,7 +688,7 @@ class AnnotationController(QObject):
             )
             self.suggested.emit(suggestion)
 
-        self._start("suggest", lambda: _as_work(session.where_to_label_next, size=size),
+        self.start_job("suggest", lambda: _as_work(session.where_to_label_next, size=size),
                     description="Finding where to label next", section="segment", on_done=done,
                     on_error=lambda exc: self.suggested.emit(None))
 
@@ -692,7 +698,7 @@ class AnnotationController(QObject):
         re-segment the view."""
         if self.project_trainer is not None and self.project_trainer():
             return  # the slide shown is in the open project: trained on all its slides
-        if not self._require_session("train") or self.running("train"):
+        if not self.require_session("train") or self.running("train"):
             return
         if "segment" in self.jobs:
             self.jobs["segment"].cancel()
@@ -735,7 +741,7 @@ class AnnotationController(QObject):
                 self.message.emit("train", "Training cancelled: the previous head is kept.")
             self.train_finished.emit(outcomes[0] if outcomes else None)
 
-        self.last_train_job = self._start(
+        self.last_train_job = self.start_job(
             "train", make, description="Training on your edits", section="train", on_done=done,
             on_progress=self.train_progress.emit, on_finished=finished,
         )
@@ -750,7 +756,7 @@ class AnnotationController(QObject):
         """Write the labels (merged view) to ``path`` (.ome.tif, .ome.zarr or .geojson) in a job;
         ``exported`` gives the path written, or None. Regions an earlier head segmented are
         segmented again first, so the file never mixes two heads."""
-        if not self._require_session("export"):
+        if not self.require_session("export"):
             self.exported.emit(None)
             return
         self._stop_refresh()  # the export segments them itself
@@ -768,11 +774,12 @@ class AnnotationController(QObject):
             self.message.emit("export", f"Wrote {written}.")
             self.exported.emit(written)
 
-        self._start("export", make, description="Exporting the labels", section="export",
+        self.start_job("export", make, description="Exporting the labels", section="export",
                     on_done=done, on_error=lambda exc: self.exported.emit(None))
 
     # --- helpers -------------------------------------------------------------------------------
-    def _require_session(self, section: str) -> bool:
+    def require_session(self, section: str) -> bool:
+        """Whether a session is open; if not, ``section``'s status line says what to do."""
         if self.session is None:
             if self.running("open"):
                 text = "Opening the slide's annotations…"

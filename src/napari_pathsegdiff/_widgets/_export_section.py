@@ -1,16 +1,22 @@
-"""Export section: the labels as OME-TIFF, OME-Zarr (with µm/px) or QuPath GeoJSON."""
+"""Export section: one button per registered export format (OME-TIFF, OME-Zarr with µm/px,
+QuPath GeoJSON, and any format added with ``register_export_format``)."""
 
 from __future__ import annotations
 
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ..engine.session.annotation_export import export_format, export_formats
 from ._controller import AnnotationController
 
-_FILTERS = {
-    "OME-TIFF": ("labels.ome.tif", "OME-TIFF (*.ome.tif *.ome.tiff)"),
-    "OME-Zarr": ("labels.ome.zarr", "OME-Zarr (*.ome.zarr)"),
-    "GeoJSON": ("labels.geojson", "GeoJSON for QuPath (*.geojson)"),
-}
+
+def _file_choices() -> dict[str, tuple[str, str]]:
+    """Button title → (default file name, file dialog filter), from the export registry."""
+    choices = {}
+    for name in export_formats():
+        fmt = export_format(name)
+        patterns = " ".join(f"*{e}" for e in fmt.endings)
+        choices[fmt.title] = (f"labels{fmt.endings[0]}", f"{fmt.title} ({patterns})")
+    return choices
 
 
 class ExportSection(QWidget):
@@ -19,7 +25,8 @@ class ExportSection(QWidget):
     def __init__(self, controller: AnnotationController, parent=None):
         super().__init__(parent)
         self.controller = controller
-        self.buttons = {name: QPushButton(name) for name in _FILTERS}
+        self.choices = _file_choices()
+        self.buttons = {name: QPushButton(name) for name in self.choices}
         self.status = QLabel("")
         self.status.setWordWrap(True)
         row = QHBoxLayout()
@@ -37,7 +44,7 @@ class ExportSection(QWidget):
         self.controller.export(path)
 
     def _ask(self, name: str) -> None:
-        default, filters = _FILTERS[name]
+        default, filters = self.choices[name]
         path = QFileDialog.getSaveFileName(self, f"Export the labels as {name}", default, filters)[0]
         if path:
             self.export_to(path)

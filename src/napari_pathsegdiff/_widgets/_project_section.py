@@ -145,7 +145,7 @@ class ProjectSection(QWidget):
         c = self.controller
         if not self._in_project():
             return False
-        if not c._require_session("train") or c.running("train"):
+        if not c.require_session("train") or c.running("train"):
             return True
         if "segment" in c.jobs:
             c.jobs["segment"].cancel()
@@ -184,7 +184,7 @@ class ProjectSection(QWidget):
                 c.message.emit("train", "Training cancelled: the previous head is kept.")
             c.train_finished.emit(outcomes[0] if outcomes else None)
 
-        c.last_train_job = c._start("train", make, description="Training on the project's edits", section="train",
+        c.last_train_job = c.start_job("train", make, description="Training on the project's edits", section="train",
                                     on_done=done, on_progress=c.train_progress.emit, on_finished=finished)
         return True
 
@@ -213,10 +213,10 @@ class ProjectSection(QWidget):
                 c.classes_changed.emit()
                 c.message.emit(SECTION, report.text())
 
-            c._start("import", lambda: session.import_annotations(path), description="Importing annotations",
+            c.start_job("import", lambda: session.import_annotations(path), description="Importing annotations",
                      section=SECTION, on_done=done)
 
-        c._with_session(SECTION, start)
+        c.with_session(SECTION, start)
 
     # --- helpers --------------------------------------------------------------------------------
     def _count(self) -> None:
@@ -235,7 +235,7 @@ class ProjectSection(QWidget):
                 self.counts = counts
                 self._update()
 
-        self.controller._start("count", make, description="Counting labels", section=SECTION, on_done=done)
+        self.controller.start_job("count", make, description="Counting labels", section=SECTION, on_done=done)
 
     def _session_changed(self) -> None:
         """A slide of the project was opened: it gets the project's classes and head."""

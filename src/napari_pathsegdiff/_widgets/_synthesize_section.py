@@ -155,7 +155,7 @@ class SynthesizeSection(QWidget):
     def open_generator(self, folder: str | Path) -> None:
         """Use the generator in ``folder``; one trained for other classes is refused."""
         c = self.controller
-        if not c._require_session("synthesize"):
+        if not c.require_session("synthesize"):
             return
         session, folder = c.session, Path(folder)
 
@@ -182,14 +182,14 @@ class SynthesizeSection(QWidget):
             self._show_generator(classes)
             c.message.emit("synthesize", f"Opened the generator {folder}.")
 
-        self.last_job = c._start("generator", make, description="Opening the generator", section="synthesize",
+        self.last_job = c.start_job("generator", make, description="Opening the generator", section="synthesize",
                                  on_done=done,
                                  on_finished=lambda job: self.generator_ready.emit(opened[0] if opened else None))
 
     def train_generator(self) -> None:
         """Train a generator on the corrected regions, with the open slides as style sources."""
         c = self.controller
-        if not c._require_session("synthesize") or c.running("generator"):
+        if not c.require_session("synthesize") or c.running("generator"):
             return
         session, spec, device = c.session, self.backbone, self.device
         config, overrides = self.training_config, dict(self.training_settings)
@@ -218,7 +218,7 @@ class SynthesizeSection(QWidget):
                 c.message.emit("synthesize", "Generator training cancelled; your edits are unchanged.")
             self.generator_ready.emit(result[0] if result else None)
 
-        self.last_job = c._start("generator", make, description="Training a generator on your labels",
+        self.last_job = c.start_job("generator", make, description="Training a generator on your labels",
                                  section="synthesize", on_done=done, on_progress=self._progress,
                                  on_finished=finished)
 
@@ -226,7 +226,7 @@ class SynthesizeSection(QWidget):
     def generate(self) -> None:
         """Generate the chosen number of tiles and show them as a grid."""
         c = self.controller
-        if not c._require_session("synthesize") or c.running("generate"):
+        if not c.require_session("synthesize") or c.running("generate"):
             return
         if self.generator_folder is None:
             c.message.emit("synthesize", "No generator yet: open a generator folder, or train one on your labels.")
@@ -280,7 +280,7 @@ class SynthesizeSection(QWidget):
                 c.message.emit("synthesize", "Generation cancelled: the tiles generated before are kept.")
             self.generated.emit(result[0] if result else None)
 
-        self.last_job = c._start("generate", make, description="Generating tiles", section="synthesize",
+        self.last_job = c.start_job("generate", make, description="Generating tiles", section="synthesize",
                                  on_done=done, on_progress=self._progress, on_finished=finished)
 
     def show_tiles(self, generated) -> None:

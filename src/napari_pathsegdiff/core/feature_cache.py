@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, Hashable
+from typing import Hashable
 
 import numpy as np
 
@@ -139,14 +139,6 @@ class FeatureCache:
             self._entries[key] = (arrays, size)
             self.nbytes += size
             return True
-
-    def get_or_compute(self, key: Hashable, compute: Callable[[], list[np.ndarray]]):
-        """The cached value of ``key``, computing and storing it on a miss."""
-        value = self.get(key)
-        if value is None:
-            value = compute()
-            self.put(key, value)
-        return value
 
     def clear(self) -> None:
         """Forget every entry (the counters stay)."""

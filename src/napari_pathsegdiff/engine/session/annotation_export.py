@@ -12,7 +12,9 @@ first segments those regions again with the current head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,9 +24,38 @@ from ...core.progress import Progress, Work
 from .annotation import AnnotationError, AnnotationSession
 from .suggestion import stored_chunks
 
-FORMATS = ("ome-tiff", "ome-zarr", "geojson")
 MAX_GEOJSON_PIXELS = 20_000 * 20_000
 """Largest segmented area (analysis pixels) exported as GeoJSON in one piece."""
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """A way to write a session's labels: its name, the file-name endings that choose it (the
+    first is the default), ``write(session, path) -> path``, and the title a person sees."""
+
+    name: str
+    endings: tuple[str, ...]
+    write: Callable[[AnnotationSession, Path], Path]
+    title: str
+
+
+_FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_export_format(name: str, endings: tuple[str, ...], write, *, title: str | None = None) -> None:
+    """Add (or replace) an export format; ``endings`` are file-name endings (any case), and
+    ``title`` names it in the widget (default ``name``)."""
+    _FORMATS[name] = ExportFormat(name, tuple(e.lower() for e in endings), write, title or name)
+
+
+def export_formats() -> tuple[str, ...]:
+    """The names of the registered export formats."""
+    return tuple(_FORMATS)
+
+
+def export_format(name: str) -> ExportFormat:
+    """The registered format ``name`` (its endings and title)."""
+    return _FORMATS[name]
 
 
 def export_labels(session: AnnotationSession, path: str | Path, *, format: str | None = None) -> Path:
@@ -35,10 +66,11 @@ def export_labels(session: AnnotationSession, path: str | Path, *, format: str |
     session : AnnotationSession
         The session.
     path : path
-        Output file; ``.ome.tif``/``.ome.tiff``, ``.ome.zarr`` or ``.geojson``/``.json``
-        choose the format unless ``format`` is given.
-    format : {"ome-tiff", "ome-zarr", "geojson"}, optional
-        Format to write.
+        Output file; its ending chooses the format unless ``format`` is given
+        (``.ome.tif``/``.ome.tiff``, ``.ome.zarr``, ``.geojson``/``.json``).
+    format : str, optional
+        A registered format (:func:`export_formats`): ``"ome-tiff"``, ``"ome-zarr"``,
+        ``"geojson"``.
 
     Raises
     ------
@@ -48,36 +80,49 @@ def export_labels(session: AnnotationSession, path: str | Path, *, format: str |
         for one GeoJSON file.
     """
     path = Path(path)
-    format = format or _format_of(path)
+    name = format or _format_of(path)
+    if name not in _FORMATS:
+        raise AnnotationError(f"Unknown export format {name!r}: use one of {', '.join(_FORMATS)}.")
     check_one_head(session)
+    return _FORMATS[name].write(session, path)
+
+
+def _write_ome_tiff(session: AnnotationSession, path: Path) -> Path:
     store = session.store
-    names = {c.id: c.name for c in session.classes}
-    colors = {c.id: c.color for c in session.classes}
-    if format == "ome-tiff":
-        return write_labels_ome_tiff(path, store.merged(), mpp=store.mpp, name=path.name.split(".")[0])
-    if format == "ome-zarr":
-        return write_labels_ome_zarr(path, store.merged(), mpp=store.mpp, name=path.name.split(".")[0],
-                                     class_names=names, class_colors=colors)
-    if format == "geojson":
-        box = segmented_box(session)
-        if box is None:
-            raise AnnotationError("Nothing is segmented or painted yet: there is nothing to export.")
-        y, x, h, w = box
-        if h * w > MAX_GEOJSON_PIXELS:
-            raise AnnotationError(
-                f"The segmented area is {w}x{h} analysis pixels, too large for one GeoJSON file: "
-                "export OME-TIFF, or use the whole-slide command line."
-            )
-        labels = store.read(y, x, h, w)
-        dy, dx = store.downsample
-        collection = labels_to_geojson(
-            labels,
-            {c.id: (c.name, c.color) for c in session.classes},
-            downsample=(dy, dx),
-            offset_yx=(y * dy, x * dx),
+    return write_labels_ome_tiff(path, store.merged(), mpp=store.mpp, name=path.name.split(".")[0])
+
+
+def _write_ome_zarr(session: AnnotationSession, path: Path) -> Path:
+    store = session.store
+    return write_labels_ome_zarr(path, store.merged(), mpp=store.mpp, name=path.name.split(".")[0],
+                                 class_names={c.id: c.name for c in session.classes},
+                                 class_colors={c.id: c.color for c in session.classes})
+
+
+def _write_geojson(session: AnnotationSession, path: Path) -> Path:
+    box = segmented_box(session)
+    if box is None:
+        raise AnnotationError("Nothing is segmented or painted yet: there is nothing to export.")
+    y, x, h, w = box
+    if h * w > MAX_GEOJSON_PIXELS:
+        raise AnnotationError(
+            f"The segmented area is {w}x{h} analysis pixels, too large for one GeoJSON file: "
+            "export OME-TIFF, or use the whole-slide command line."
         )
-        return write_geojson(path, collection)
-    raise AnnotationError(f"Unknown export format {format!r}: use one of {', '.join(FORMATS)}.")
+    store = session.store
+    dy, dx = store.downsample
+    collection = labels_to_geojson(
+        store.read(y, x, h, w),
+        {c.id: (c.name, c.color) for c in session.classes},
+        downsample=(dy, dx),
+        offset_yx=(y * dy, x * dx),
+    )
+    return write_geojson(path, collection)
+
+
+register_export_format("ome-tiff", (".ome.tif", ".ome.tiff"), _write_ome_tiff, title="OME-TIFF")
+register_export_format("ome-zarr", (".ome.zarr",), _write_ome_zarr, title="OME-Zarr")
+register_export_format("geojson", (".geojson", ".json"), _write_geojson, title="GeoJSON")
 
 
 def export_work(session: AnnotationSession, path: str | Path, *, format: str | None = None) -> Work[Path]:
@@ -125,12 +170,8 @@ def segmented_box(session: AnnotationSession) -> tuple[int, int, int, int] | Non
 
 def _format_of(path: Path) -> str:
     name = path.name.lower()
-    if name.endswith((".ome.tif", ".ome.tiff")):
-        return "ome-tiff"
-    if name.endswith(".ome.zarr"):
-        return "ome-zarr"
-    if name.endswith((".geojson", ".json")):
-        return "geojson"
-    raise AnnotationError(
-        f"{path.name}: name the file *.ome.tif, *.ome.zarr or *.geojson to choose the format."
-    )
+    for fmt in _FORMATS.values():
+        if name.endswith(fmt.endings):
+            return fmt.name
+    endings = ", ".join(f"*{e}" for fmt in _FORMATS.values() for e in fmt.endings)
+    raise AnnotationError(f"{path.name}: name the file {endings} to choose the format.")
