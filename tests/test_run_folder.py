@@ -86,3 +86,16 @@ def test_sigterm_asks_the_run_to_stop_and_the_handlers_come_back(capsys):
         assert stop_asked() is True
     assert signal.getsignal(signal.SIGTERM) is before
     assert "pathsegdiff test: signal 15: checkpointing and stopping" in capsys.readouterr().out
+
+
+def test_check_resume_refuses_overwriting_or_resuming_another_run(tmp_path):
+    from napari_pathsegdiff.engine.runs.run_folder import check_resume
+
+    run_file = tmp_path / "run.json"
+    check_resume(run_file, {"seed": 1}, resume=False, what="generator run")  # a new run: fine
+    write_json(run_file, {"seed": 1, "data": ["a.png"]})
+    with pytest.raises(ValueError, match=r"already holds a generator run: pass --resume"):
+        check_resume(run_file, {"seed": 1}, resume=False, what="generator run")
+    check_resume(run_file, {"seed": 1, "data": ["a.png"]}, resume=True, what="generator run")
+    with pytest.raises(ValueError, match=r"cannot resume: data differs .*was \[\"a.png\"\], now \[\"b.png\"\]"):
+        check_resume(run_file, {"seed": 1, "data": ["b.png"]}, resume=True, what="generator run")

@@ -53,6 +53,7 @@ from ...models.device import autocast, resolve_device
 from . import augment
 from .backbone_data import TilePool, batch_indices, build_pool, find_sources, step_seed
 from .run_folder import (
+    check_resume,
     flatten_optimizer,
     open_checkpoints,
     read_state,
@@ -222,19 +223,7 @@ def _open_run(out: Path, *, config, arch, settings: TrainSettings, pool: TilePoo
         "pool_key": pool.key,
         "pool_tiles": settings.pool_tiles,
     }
-    if run_file.exists():
-        if not resume:
-            raise ValueError(
-                f"{out} already holds a training run: pass --resume to continue it, or choose another --out."
-            )
-        old = json.loads(run_file.read_text())
-        for key, value in identity.items():
-            if json.dumps(old.get(key), sort_keys=True) != json.dumps(value, sort_keys=True):
-                raise ValueError(
-                    f"{out}: cannot resume: {key} differs from the run in this folder "
-                    f"(was {json.dumps(old.get(key))[:80]}, now {json.dumps(value)[:80]}). "
-                    "Resume with the same data and settings, or choose another --out."
-                )
+    check_resume(run_file, identity, resume=resume, what="training run")
     open_checkpoints([out / "checkpoints" / s for s in STAGES])
     progress = {s: _checkpoint_state(out, s).get("step", 0) for s in STAGES}
     kept = {}

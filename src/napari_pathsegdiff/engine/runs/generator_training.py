@@ -56,6 +56,7 @@ from . import augment
 from .generation import style_pool
 from .backbone_data import TilePool
 from .run_folder import (
+    check_resume,
     flatten_optimizer,
     open_checkpoints,
     read_state,
@@ -321,17 +322,7 @@ def _open_run(out: Path, s: GeneratorSettings, backbone, labelled: LabelledSet, 
         "settings": {k: v for k, v in asdict(s).items() if k not in RESUMABLE},
     }
     run_file = out / RUN_FILE
-    if run_file.exists():
-        if not resume:
-            raise ValueError(f"{out} already holds a generator run: pass --resume to continue it, or choose another --out.")
-        old = json.loads(run_file.read_text())
-        for key, value in identity.items():
-            if json.dumps(old.get(key), sort_keys=True) != json.dumps(value, sort_keys=True):
-                raise ValueError(
-                    f"{out}: cannot resume: {key} differs from the run in this folder "
-                    f"(was {json.dumps(old.get(key))[:100]}, now {json.dumps(value)[:100]}). Resume with the "
-                    "same data, backbone and settings, or choose another --out."
-                )
+    check_resume(run_file, identity, resume=resume, what="generator run")
     record = {**identity, "all_settings": asdict(s), "device": str(device), "backbone_source": backbone.source,
               "mpp": backbone.mpp, "labelled": labelled.files,
               "style_sources": pool.sources if pool is not None else [], "style_skipped": pool.skipped if pool else []}

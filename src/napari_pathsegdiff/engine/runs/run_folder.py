@@ -32,6 +32,7 @@ __all__ = [
     "open_checkpoints",
     "trim_log",
     "stop_on_signals",
+    "check_resume",
 ]
 
 STATE_FILE = "state.json"
@@ -64,6 +65,36 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 def write_json(path: str | Path, data: dict) -> Path:
     """Write ``data`` as indented JSON, atomically (values JSON cannot hold are written as text)."""
     return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def check_resume(run_file: str | Path, identity: dict, *, resume: bool, what: str) -> None:
+    """Refuse to write over a run, or to resume one made with other data or settings.
+
+    Parameters
+    ----------
+    run_file : path
+        The run's ``run.json``; nothing is checked when it does not exist yet (a new run).
+    identity : dict
+        What must be the same to resume (JSON-able); compared key by key with the file.
+    resume : bool
+        Whether continuing the run was asked (``--resume``).
+    what : str
+        The run's kind in messages (``"training run"``, ``"generator run"``).
+    """
+    run_file = Path(run_file)
+    if not run_file.exists():
+        return
+    out = run_file.parent
+    if not resume:
+        raise ValueError(f"{out} already holds a {what}: pass --resume to continue it, or choose another --out.")
+    old = json.loads(run_file.read_text(encoding="utf-8"))
+    for key, value in identity.items():
+        if json.dumps(old.get(key), sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise ValueError(
+                f"{out}: cannot resume: {key} differs from the run in this folder "
+                f"(was {json.dumps(old.get(key))[:100]}, now {json.dumps(value)[:100]}). Resume with "
+                "the same data and settings, or choose another --out."
+            )
 
 
 def read_state(checkpoint: str | Path) -> dict:
