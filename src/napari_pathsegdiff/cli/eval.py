@@ -27,6 +27,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.atomic import write_text_atomic
     from ..core.images import check_same_shape, file_stem, list_images, read_mask
     from ..core.metrics import evaluate
     from . import UserError
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(to_json(result), indent=2))
+        write_text_atomic(path, json.dumps(to_json(result), indent=2))
         print(f"wrote {path}")
     return 0
 
