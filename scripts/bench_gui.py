@@ -221,7 +221,8 @@ def train_classic_head(app, controller) -> None:
     session.store.write_edits(y, x, np.asarray(labels, np.uint8))
     say(f"  classic: training a head on {h}x{w} px of edits (the demo head's labels)")
     outcome = wait_for(app, controller.train_finished, start=controller.train)
-    say(f"  classic: head trained in {outcome.seconds:.1f} s (new head: {outcome.new_head})")
+    say(f"  classic: head trained in {outcome.seconds:.1f} s (new head: {outcome.new_head})"
+        + (f"; {outcome.note}" if getattr(outcome, "note", None) else ""))
 
 
 def main() -> None:
