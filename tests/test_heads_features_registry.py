@@ -212,6 +212,16 @@ def test_auto_picks_the_informative_features_and_records_every_candidate(noise_k
     assert out.result.head.head_kind == "forest"
 
 
+def test_auto_folds_follow_the_given_groups_such_as_slides(noise_kind):
+    # six regions from two "slides": folds by slide (2), never by region
+    samples = [TrainSample(*_scene(seed), name=f"img{seed}", group=seed % 2) for seed in range(6)]
+    cands = [Candidate("rgb", "forest", (("n_estimators", 8),))]
+    out = drive(auto_train(samples, make_extractor=lambda f: make_extractor(f), candidates=cands, budget_s=600,
+                           threads=1), show=False)
+    assert out.grouping == "slide" and out.folds == 2
+    assert "2 folds by slide" in out.note
+
+
 def test_auto_with_one_class_is_an_error_and_a_tiny_budget_falls_back(noise_kind):
     img, mask = _scene()
     with pytest.raises(ValueError, match=r"Only class \[1\] has labelled pixels"):

@@ -148,7 +148,10 @@ def train_on_slides(
         by_id = {c.id: c for c in table}
         class_kwargs = {"class_ids": ids, "class_names": [by_id[i].name for i in ids],
                         "class_colors": [by_id[i].color for i in ids]}
-    samples = [TrainSample(s.slide, lut[m], region, name=f"{s.name} at y={region.y}, x={region.x}")
+    slide_of = {key: i for i, key in enumerate(dict.fromkeys(id(s) for s, _, _ in picked))}
+    by_slide = len(slide_of) >= 2  # auto's folds then never score on a slide they trained on
+    samples = [TrainSample(s.slide, lut[m], region, name=f"{s.name} at y={region.y}, x={region.x}",
+                           group=slide_of[id(s)] if by_slide else None)
                for s, region, m in picked]
     auto = None
     if make_extractor is not None and candidates is not None and not fine_tune:

@@ -201,9 +201,10 @@ def auto_train(
 
 
 def _groups(labelled: LabelledTiles) -> tuple[str, list[int]]:
-    """Group of every tile: its image when there are two or more, else the tile itself."""
+    """Group of every tile: its slide or image when there are two or more, else the tile itself
+    (given groups, the slides of a project, are negative: ``train_head._group_of``)."""
     if len(set(labelled.sources)) >= 2:
-        return "image", list(labelled.sources)
+        return ("slide" if min(labelled.sources) < 0 else "image"), list(labelled.sources)
     return "tile", list(range(len(labelled.labels)))
 
 

@@ -46,6 +46,9 @@ class TrainSample:
     weight : float
         Weight of its pixels in the loss (e.g. below 1 for generated pairs); samples of
         weight other than 1 are never used for validation.
+    group : int, optional
+        Its group in ``auto``'s cross-validation (e.g. the slide of a painted region, so that
+        no fold scores on a slide it trained on); default the sample itself.
     """
 
     source: object
@@ -54,6 +57,7 @@ class TrainSample:
     name: str = ""
     mpp: float | None = None
     weight: float = 1.0
+    group: int | None = None
 
 
 @dataclass
@@ -127,7 +131,8 @@ class LabelledTiles:
     weights : list of float
         Per tile, the loss weight of its sample.
     sources : list of int
-        Per tile, the index of its sample (for cross-validation grouped by image).
+        Per tile, the group of its sample (``TrainSample.group``, else the sample's index):
+        what cross-validation groups by.
     """
 
     extractor: object
@@ -302,10 +307,16 @@ def gather_labelled_tiles(
                 out.feats.append(f)
                 out.labels.append(lookup[(tile.row, tile.col)])
                 out.weights.append(weight)
-                out.sources.append(index)
+                out.sources.append(_group_of(samples[index], index))
             done += len(batch)
             yield Progress("features", done, n_tiles, f"{done}/{n_tiles} tiles")
     return out
+
+
+def _group_of(sample: TrainSample, index: int) -> int:
+    """The cross-validation group of a sample: its index, or ``-1 - group`` for a given group
+    (negative, so that given groups never meet the indices of samples without one)."""
+    return index if sample.group is None else -1 - int(sample.group)
 
 
 def _labelled_tiles_of(s: TrainSample, encoder, extractor, target_mpp):
