@@ -43,8 +43,9 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="keep the blocks an interrupted run with the same settings finished")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--block", type=int, default=1024, metavar="PX",
-                        help="block side in pixels of the analysis level (default 1024)")
+    parser.add_argument("--block", type=int, default=2048, metavar="PX",
+                        help="block side in pixels of the analysis level (default 2048; smaller "
+                             "blocks resume at a finer grain but compute more tiles twice)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per batch (default 4)")
     parser.add_argument("--ome-tiff", action="store_true", help="also write labels.ome.tif")
     parser.add_argument("--backbone", metavar="default|PATH",
