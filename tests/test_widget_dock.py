@@ -103,6 +103,8 @@ def test_where_to_label_next_frames_the_region_and_replaces_the_box(make_napari_
     edit = controller.layers.window_layer
     with qtbot.waitSignal(controller.suggested, timeout=WAIT_MS):
         widget.segment_section.next_button.click()
+        widget.segment_section.next_button.click()  # a second click while it looks is answered
+        assert "Still finding where to label next" in widget.segment_section.status.text()
     [box] = [la for la in viewer.layers if isinstance(la, Shapes)]
     assert box.name == "scene where to label next" and box.shape_type == ["rectangle"]
     assert box.face_color[0][3] == 0  # no fill: the tissue shows through

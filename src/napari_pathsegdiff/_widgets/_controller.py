@@ -663,7 +663,10 @@ class AnnotationController(QObject):
 
     def where_to_label_next(self) -> None:
         """Move the view to the most uncertain tissue region not yet painted (found in a job)."""
-        if not self.require_session("segment") or self.running("suggest"):
+        if not self.require_session("segment"):
+            return
+        if self.running("suggest"):
+            self.message.emit("segment", "Still finding where to label next: press again once the box is shown.")
             return
         session = self.session
         size = 256
