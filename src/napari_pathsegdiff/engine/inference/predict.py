@@ -114,7 +114,7 @@ def predict_region(
     region = whole_level(slide, 0) if region is None else region
     if plan is None:
         plan = plan_at_level(slide, region.level, target_mpp=head.mpp, mpp=mpp)
-    notes = [n for n in plan.notes if n.startswith("µm/px unknown")]
+    notes = list(plan.notes)  # an unknown µm/px, or the resampling to the head's
     grid = prediction_grid(extractor, plan.scale, blend=blend)
     box, tiles = prediction_tiles(grid, slide, region)
     blender = Blender(grid, box, len(head.class_ids))
