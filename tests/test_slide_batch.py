@@ -131,7 +131,7 @@ def test_local_cluster_run_equals_threads_run(sample, head_dir, reference, clust
     assert summary["status"] == "ok", summary["reason"]
     assert summary["scheduler"] == f"cluster at {address} with 2 workers"
     np.testing.assert_array_equal(_labels(tmp_path, reference["name"]), _labels(reference["out"], reference["name"]))
-    records = [json.loads(p.read_text()) for p in (tmp_path / reference["name"] / "work" / "done").glob("*.json")]
+    records = [json.loads(p.read_text()) for p in (tmp_path / reference["name"] / "work" / "done").glob("r*-c*.json")]
     assert len(records) == N_BLOCKS
     workers = set(cluster.client.run(os.getpid).values())
     assert {r["pid"] for r in records} <= workers and os.getpid() not in workers
@@ -193,7 +193,7 @@ def test_only_blocks_with_tissue_are_computed(head_dir, tmp_path):
     assert summary["status"] == "ok", summary["reason"]
     assert summary["blocks"] == {"total": 16, "outside_region": 0, "tissue": 2, "skipped_no_tissue": 14,
                                  "planned": 2, "resumed": 0, "computed": 2}
-    done = sorted(p.stem for p in (tmp_path / "out" / "islands" / "work" / "done").glob("*.json"))
+    done = sorted(p.stem for p in (tmp_path / "out" / "islands" / "work" / "done").glob("r*-c*.json"))
     assert done == ["r1-c2", "r3-c0"]
     assert block_worker.worker_stats()["blocks"] == 2
     labels = _labels(tmp_path / "out", "islands")
@@ -218,11 +218,15 @@ def test_failure_mid_way_then_resume_computes_only_the_rest(sample, head_dir, re
     assert not first.ok and "injected failure" in first.failed[0]["reason"]
     assert json.loads(first.path.read_text())["failed"] == 1
     done_dir = tmp_path / reference["name"] / "work" / "done"
-    done_before = len(list(done_dir.glob("*.json")))
+    done_before = len(list(done_dir.glob("r*-c*.json")))
     assert 4 <= done_before < N_BLOCKS
+    # a marker whose write a kill cut short: a temporary file beside it, never renamed
+    unrenamed = done_dir / ".r9-c9.json.tmp-0badf00d.json"
+    unrenamed.write_text('{"counts": ')
 
     monkeypatch.setattr(block_worker, "predict_block", real)
     again = segment_slides([sample], head=head_dir, out=tmp_path, block=BLOCK, region=REGION, resume=True)
+    assert not unrenamed.exists()
     blocks = again.summaries[0]["blocks"]
     assert again.ok and blocks["resumed"] == done_before and blocks["computed"] == N_BLOCKS - done_before
     np.testing.assert_array_equal(_labels(tmp_path, reference["name"]), _labels(reference["out"], reference["name"]))
@@ -241,13 +245,13 @@ def test_cli_killed_mid_way_resumes_to_the_identical_result(sample, head_dir, re
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 600  # a loaded machine may take minutes to start the run
-        while len(list(done_dir.glob("*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        while len(list(done_dir.glob("r*-c*.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    done_before = len(list(done_dir.glob("*.json")))
+    done_before = len(list(done_dir.glob("r*-c*.json")))
     total = 6 * 8
     assert 3 <= done_before < total
 
@@ -479,7 +483,7 @@ def test_every_block_runs_with_one_torch_thread_whatever_the_threads(sample, hea
     assert result.ok and torch.get_num_threads() == before  # the caller's count is given back
     np.testing.assert_array_equal(_labels(tmp_path, reference["name"]), _labels(reference["out"], reference["name"]))
     for out in (tmp_path, reference["out"]):
-        records = [json.loads(p.read_text()) for p in (out / reference["name"] / "work" / "done").glob("*.json")]
+        records = [json.loads(p.read_text()) for p in (out / reference["name"] / "work" / "done").glob("r*-c*.json")]
         assert len(records) == N_BLOCKS and {r["torch_threads"] for r in records} == {1}
 
 
@@ -521,5 +525,5 @@ def test_diffusion_features_threads_and_a_two_worker_cluster_agree_to_the_pixel(
     assert len(np.unique(threads_labels[512:1024, :1024])) >= 2  # a real segmentation, not a blank
     for run in ("threads", "cluster"):
         records = [json.loads(p.read_text())
-                   for p in (tmp_path / run / "CMU-1-Small-Region" / "work" / "done").glob("*.json")]
+                   for p in (tmp_path / run / "CMU-1-Small-Region" / "work" / "done").glob("r*-c*.json")]
         assert len(records) == 2 and {r["torch_threads"] for r in records} == {1}

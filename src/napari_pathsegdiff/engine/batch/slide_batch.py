@@ -459,7 +459,7 @@ def _prepare_work(folder: Path, slide, level: int, shape, options: BatchOptions,
                 f"cannot resume: the partial results in {work} were made with other settings "
                 f"({', '.join(changed)} differ); run without --resume to start again"
             )
-        for leftover in work.rglob("*.partial"):  # temporary files of a killed write
+        for leftover in done_dir.glob(".r*-c*.json.tmp-*"):  # markers a kill left unrenamed
             leftover.unlink(missing_ok=True)
         return labels_path, done_dir
     remove_folder(work)
