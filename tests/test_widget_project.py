@@ -12,6 +12,7 @@ from test_widget import WAIT_MS, _dock, _open, _rgb, _train
 
 from napari_pathsegdiff.core.geojson import labels_to_geojson, write_geojson
 from napari_pathsegdiff.engine.session.project import PROJECT_FILE, read_project
+from napari_pathsegdiff.models.features import ClassicFeatures
 
 pytestmark = pytest.mark.gui
 
@@ -87,3 +88,69 @@ def test_a_project_trains_on_every_slide_and_imports_annotations(make_napari_vie
 
     section.close_project()
     assert widget.controller.project_trainer is None and section.slides.count() == 0
+
+
+def test_auto_choosing_other_features_switches_the_session_to_them(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """auto may choose features other than the session's: the slide shown, the controller and the
+    Model section then use the chosen ones, and the view is segmented with the new head."""
+    from napari_pathsegdiff.engine.session import annotation
+    from napari_pathsegdiff.engine.training.auto_select import Candidate
+
+    chosen = ClassicFeatures(num_sigma=1, sigma_max=1, tile_size=64)  # other features than the dock's
+    monkeypatch.setattr(annotation, "auto_candidates",
+                        lambda extractor: ([Candidate("classic", "forest")], lambda name: chosen))
+    folder = tmp_path / "slides"
+    slides = [write_scene(folder / f"slide-{i}.tif", seed=i) for i in range(2)]
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, tmp_path, extractor=_rgb())
+    section = widget.project_section
+    assert section.auto
+    _open(viewer, slides[0])
+    assert section.open_project(folder)
+    with qtbot.waitSignal(widget.controller.session_changed, timeout=WAIT_MS):
+        widget.segment_section.segment_button.click()
+    qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
+    session = widget.controller.session
+    assert session.extractor.identity != chosen.identity
+    for cid, y in ((1, 10), (2, 150)):
+        session.store.write_edits(y, 10, np.full((20, 200), cid, np.uint8))
+
+    with qtbot.waitSignal(widget.controller.head_changed, timeout=WAIT_MS):
+        result = _train(qtbot, widget)
+    assert result is not None and result.result.head.head_kind == "forest"
+    assert session.extractor is chosen and widget.controller.extractor is chosen
+    assert session.head is result.result.head
+    assert chosen.identity in widget.model_section.features_label.text()
+    _wait_idle(qtbot, widget, "segment")
+    assert "Error" not in widget.segment_section.status.text()
+
+
+def test_auto_choosing_other_features_on_one_slide_updates_the_controller(make_napari_viewer, qtbot, tmp_path,
+                                                                           monkeypatch):
+    """Without a project too: the next slide opened uses the features auto chose."""
+    from napari_pathsegdiff.engine.session import annotation
+    from napari_pathsegdiff.engine.training.auto_select import Candidate
+
+    chosen = ClassicFeatures(num_sigma=1, sigma_max=1, tile_size=64)
+    monkeypatch.setattr(annotation, "auto_candidates",
+                        lambda extractor: ([Candidate("classic", "forest")], lambda name: chosen))
+    slides = [write_scene(tmp_path / "slides" / f"slide-{i}.tif", seed=i) for i in range(2)]
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, tmp_path, extractor=_rgb())
+    _open(viewer, slides[0])
+    with qtbot.waitSignal(widget.controller.session_changed, timeout=WAIT_MS):
+        widget.segment_section.segment_button.click()
+    qtbot.waitUntil(lambda: widget.controller.session is not None, timeout=WAIT_MS)
+    for cid, y in ((1, 10), (2, 150)):
+        widget.controller.session.store.write_edits(y, 10, np.full((20, 200), cid, np.uint8))
+    outcome = _train(qtbot, widget)
+    assert outcome is not None and outcome.new_head
+    assert widget.controller.extractor is chosen and widget.controller.session.extractor is chosen
+
+    _open(viewer, slides[1])
+    qtbot.waitUntil(lambda: "slide-1" in widget.controller.image_layer.name, timeout=WAIT_MS)
+    with qtbot.waitSignal(widget.controller.session_changed, timeout=WAIT_MS):
+        widget.segment_section.segment_button.click()
+    qtbot.waitUntil(lambda: widget.controller.session is not None
+                    and "slide-1" in str(widget.controller.session.slide.path), timeout=WAIT_MS)
+    assert widget.controller.session.extractor is chosen

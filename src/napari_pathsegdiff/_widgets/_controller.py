@@ -720,6 +720,8 @@ class AnnotationController(QObject):
 
         def done(outcome):
             outcomes.append(outcome)
+            if session is self.session:
+                self.extractor = session.extractor  # auto may have chosen other features
             self.head_changed.emit()
             self.classes_changed.emit()
             what = "New head trained" if outcome.new_head else "Head fine-tuned"

@@ -165,6 +165,9 @@ class ProjectSection(QWidget):
             outcomes.append(result)
             self.project = updated
             if session is c.session:
+                if result.extractor is not session.extractor:  # auto chose other features
+                    session.set_extractor(result.extractor)
+                    c.extractor = result.extractor
                 session.set_head(result.result.head)
                 c.layers.set_classes(session.classes)
             self.counts = {s.name: sum(s.painted.values()) for s in result.counts}
