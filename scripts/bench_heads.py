@@ -72,6 +72,7 @@ CANDIDATES = {
     "diffusion+classic/forest 64t noctx": ("diffusion+classic", "forest", {"n_estimators": 64, "context_sigmas": []}, {}),
     "cnn/fcn": ("cnn", "fcn", {}, {}),
     "cnn/forest": ("cnn", "forest", {}, {}),
+    "classic+cnn/ensemble": ("classic+cnn", "ensemble", {}, {}),
     "cnn+classic/forest": ("cnn+classic", "forest", {}, {}),
     "diffusion+cnn/forest": ("diffusion+cnn", "forest", {}, {}),
     "cnn/forest tta8": ("cnn", "forest", {}, {"tta": 8}),

@@ -239,13 +239,19 @@ def test_auto_with_one_class_is_an_error_and_a_tiny_budget_falls_back(noise_kind
     assert [c["status"] for c in out.candidates] == ["skipped: budget", "skipped: budget"]
 
 
-def test_cli_train_forest_then_predict_records_the_head(tmp_path, capsys):
-    images, masks = tmp_path / "images", tmp_path / "masks"
+def scene_files(folder, n=2):
+    """``n`` scenes as PNG images and masks in ``folder``/images and ``folder``/masks."""
+    images, masks = folder / "images", folder / "masks"
     images.mkdir(), masks.mkdir()
-    for s in range(2):
+    for s in range(n):
         img, mask = _scene(s)
         Image.fromarray(img).save(images / f"{s}.png")
         Image.fromarray(mask).save(masks / f"{s}.png")
+    return images, masks
+
+
+def test_cli_train_forest_then_predict_records_the_head(tmp_path, capsys):
+    images, masks = scene_files(tmp_path)
     out = tmp_path / "head"
     assert main(["train", "--images", str(images), "--masks", str(masks), "--out", str(out),
                  "--features", "rgb", "--head", "forest"]) == 0

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         result, extractor = auto.result, auto.extractor
     else:
         extractor = _extractor(args, args.features)
-        options = _fcn_options(args) if args.head_kind == "fcn" else {}
+        options = _head_options(args.head_kind, _fcn_options(args))
         result, auto = drive(train_head(samples, extractor=extractor, head_kind=args.head_kind, **common, **options)), None
     record = {
         "images": [p.name for p, _ in pairs],
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         "unlabelled": args.unlabelled,
         "mpp": args.mpp,
         "seed": args.seed,
-        "options": _fcn_options(args) if result.head.head_kind == "fcn" else {},
+        "options": _head_options(result.head.head_kind, _fcn_options(args)),
         "auto": auto.record() if auto is not None else None,
         "result": result.summary(),
         "wall_seconds": round(time.time() - start, 2),
@@ -187,6 +187,13 @@ def run(args: argparse.Namespace) -> int:
         + f"{pixels} labelled pixels{steps}; saved to {out}"
     )
     return 0
+
+
+def _head_options(kind: str, fcn: dict) -> dict:
+    """The fit settings of a ``kind`` head from the FCN options ``fcn`` (--steps, --lr, ...): an
+    FCN takes them, an ensemble gives them to its FCN members, a forest has none."""
+    by_kind = {"fcn": fcn, "ensemble": {"member_settings": {"fcn": fcn}} if fcn else {}}
+    return by_kind.get(kind, {})
 
 
 def _fcn_options(args) -> dict:
@@ -230,7 +237,7 @@ def _fine_tune(args, samples, common):
         head, extractor = load_head_and_extractor(args.init, backbone=args.backbone, device=args.device)
     except ValueError as exc:
         raise UserError(f"--backbone: head {args.init}: {exc}") from None
-    options = _fcn_options(args) if head.head_kind == "fcn" else {}
+    options = _head_options(head.head_kind, _fcn_options(args))
     common = {k: v for k, v in common.items() if k not in ("class_ids", "class_names")}
     return drive(train_head(samples, extractor=extractor, head=head, **common, **options)), extractor
 
@@ -255,9 +262,11 @@ def _auto_candidates(args):
     elif features == "auto":
         candidates = [c for c in DEFAULT_CANDIDATES if c.head == head] or [Candidate("classic", head)]
     else:
-        candidates = [Candidate(features, h) for h in head_kinds()]
-    fcn = tuple(sorted(_changed_fcn_options(args).items()))
-    return [Candidate(c.features, c.head, fcn if c.head == "fcn" else c.settings) for c in candidates]
+        fused = "+" in features  # an ensemble needs one part per member
+        candidates = [Candidate(features, h) for h in head_kinds() if fused or h != "ensemble"]
+    fcn = _changed_fcn_options(args)
+    return [Candidate(c.features, c.head, tuple(sorted(_head_options(c.head, fcn).items())) or c.settings)
+            for c in candidates]
 
 
 def _synthetic_samples(folder, weight: float) -> list:

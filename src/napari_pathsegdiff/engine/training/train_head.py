@@ -240,6 +240,7 @@ def fit_head(labelled: "LabelledTiles", *, kind: str, head=None, seed: int = 0, 
 _FITTERS: dict[str, str] = {
     "fcn": "napari_pathsegdiff.engine.training.fit_fcn:fit_fcn",
     "forest": "napari_pathsegdiff.engine.training.fit_forest:fit_forest",
+    "ensemble": "napari_pathsegdiff.engine.training.fit_ensemble:fit_ensemble",
 }
 
 

@@ -20,6 +20,7 @@ from .base import HeadError, json_default
 _BY_KIND: dict[str, str | type] = {
     "fcn": "napari_pathsegdiff.models.heads.fcn:SegmentationHead",
     "forest": "napari_pathsegdiff.models.heads.forest:ForestHead",
+    "ensemble": "napari_pathsegdiff.models.heads.ensemble:EnsembleHead",
 }
 _BY_CLASS: dict[str, str | type] = {target.rsplit(":", 1)[1]: target for target in _BY_KIND.values()}
 
