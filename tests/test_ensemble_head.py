@@ -104,3 +104,23 @@ def test_cli_trains_and_predicts_an_ensemble(tmp_path, capsys):
     assert main(["predict", str(images / "0.png"), "--head", str(out), "--out", str(tmp_path / "pred")]) == 0
     pred = np.asarray(Image.open(tmp_path / "pred" / "0.png"))
     assert pred.shape == (96, 96) and (pred == _scene(0)[1]).mean() > 0.98
+
+
+def test_train_on_my_edits_fine_tunes_an_ensemble_with_the_widget_steps(tmp_path):
+    """A session whose head is an ensemble: its FCN member takes the session's step count."""
+    from napari_pathsegdiff.core.slide import Slide
+    from napari_pathsegdiff.engine.session.annotation import AnnotationSession
+
+    img, mask = _scene(size=128)
+    slide = Slide.from_array(img, mpp=0.5)
+    session = AnnotationSession.open(slide, folder=tmp_path / "session", extractor=_fused())
+    session.store.write_edits(0, 0, np.where(mask[:64, :64] == 1, 2, 1).astype(np.uint8))
+    session.store.write_edits(64, 64, np.where(mask[64:, 64:] == 1, 2, 1).astype(np.uint8))
+    first = drive(train_head([(img, mask + 1)], extractor=session.extractor, head_kind="ensemble",
+                             members=["fcn", "forest"], member_settings={"fcn": {"steps": 5}}), show=False)
+    session.set_head(first.head)
+    outcome = drive(session.train_on_edits(steps=7), show=False)
+    assert not outcome.new_head and isinstance(session.head, EnsembleHead)
+    assert outcome.result.steps == 7  # the FCN member's steps; the forest has none
+    assert json.loads((outcome.head_folder / "training.json").read_text())["head"] == "ensemble"
+    assert load_head(outcome.head_folder).class_ids == [1, 2]

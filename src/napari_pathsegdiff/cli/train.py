@@ -190,10 +190,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _head_options(kind: str, fcn: dict) -> dict:
-    """The fit settings of a ``kind`` head from the FCN options ``fcn`` (--steps, --lr, ...): an
-    FCN takes them, an ensemble gives them to its FCN members, a forest has none."""
-    by_kind = {"fcn": fcn, "ensemble": {"member_settings": {"fcn": fcn}} if fcn else {}}
-    return by_kind.get(kind, {})
+    """The fit settings of a ``kind`` head from the command line's FCN options (imported lazily)."""
+    from ..engine.training.train_head import fcn_settings_for
+
+    return fcn_settings_for(kind, fcn)
 
 
 def _fcn_options(args) -> dict:

@@ -644,7 +644,7 @@ class AnnotationSession:
             No pixel is painted, only one class is painted, or a painted id is not in the class
             table. Nothing is changed.
         """
-        from ..training.train_head import TrainSample, train_head
+        from ..training.train_head import TrainSample, fcn_settings_for, train_head
 
         t0 = time.perf_counter()
         extractor = self._require_extractor()
@@ -705,8 +705,8 @@ class AnnotationSession:
                                                  budget_s=budget_s, class_kwargs=class_kwargs)
             result, note, self.extractor = chosen.result, chosen.note, chosen.extractor
         else:
-            fcn = head is None or head.head_kind == "fcn"
-            options = {"steps": steps, "lr": lr, "batch_size": batch_size} if fcn else {}
+            kind = head.head_kind if head is not None else "fcn"
+            options = fcn_settings_for(kind, {"steps": steps, "lr": lr, "batch_size": batch_size})
             result = yield from train_head(
                 samples, extractor=extractor, head=head if fine_tune else None, unlabelled=unlabelled,
                 seed=seed, cache=self.cache, feature_batch_size=feature_batch_size, **options, **class_kwargs,

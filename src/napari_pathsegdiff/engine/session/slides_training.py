@@ -24,6 +24,7 @@ from ..training.slide_labels import (
     sample_painted,
     unify_classes,
 )
+from ..training.train_head import fcn_settings_for
 from .annotation import _apply_class_table, _store_to_head_lut, store_ids_for
 from .class_presets import next_class
 
@@ -112,7 +113,7 @@ def train_on_slides(
     cache : FeatureCache, optional
         Tile features already computed.
     **options
-        Settings of the head's fit.
+        FCN settings (``steps``, ``lr``, ...) of the fit: an FCN's, or an ensemble's FCN members'.
 
     Raises
     ------
@@ -169,7 +170,7 @@ def train_on_slides(
         result = yield from train_head(
             samples, extractor=extractor, head=head if fine_tune else None,
             head_kind=None if fine_tune else kind, unlabelled=unlabelled, seed=seed, cache=cache,
-            **(options if kind == "fcn" else {}), **class_kwargs)
+            **fcn_settings_for(kind, options), **class_kwargs)
     _apply_class_table(result.head, {c.id: c for c in table})
     return SlidesTrainResult(result, extractor, table, counts, fine_tune, note=getattr(auto, "note", ""),
                              auto=auto, seconds=time.perf_counter() - t0)

@@ -244,6 +244,13 @@ _FITTERS: dict[str, str] = {
 }
 
 
+def fcn_settings_for(kind: str, fcn: dict) -> dict:
+    """The settings of a ``kind`` fit made of FCN settings ``fcn`` (``steps``, ``lr``, ...): an FCN
+    takes them, an ensemble hands them to its FCN members, other kinds have none."""
+    by_kind = {"fcn": dict(fcn), "ensemble": {"member_settings": {"fcn": dict(fcn)}} if fcn else {}}
+    return by_kind.get(kind, {})
+
+
 def register_fitter(kind: str, target: str) -> None:
     """Register the fit of a head kind as ``"module:function"``."""
     _FITTERS[str(kind)] = str(target)
