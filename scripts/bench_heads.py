@@ -198,7 +198,7 @@ def run_auto(spec, train, val, *, subsets, state, save, log, budget_s: float):
     members_of = BB.label_subsets(by_name)
     classes = sorted({int(c) for it in train for c in np.unique(it.mask)})
     class_names = [spec.class_names.get(c, f"class {c}") for c in classes]
-    caches: dict[str, FeatureCache] = {}
+    shared = FeatureCache(3 * 2**30)  # one budget for every candidate's features (keys hold the identity)
     for key in subsets:
         if key in state.get(AUTO, {}).get(spec.key, {}):
             continue
@@ -206,11 +206,10 @@ def run_auto(spec, train, val, *, subsets, state, save, log, budget_s: float):
         t0 = time.perf_counter()
         out = drive(auto_train(samples, make_extractor=make_extractor, budget_s=budget_s, class_ids=classes,
                                class_names=class_names,
-                               cache_for=lambda ex: caches.setdefault(ex.identity, FeatureCache(3 * 2**30))),
+                               cache_for=lambda ex: shared),
                     show=False)
         train_s = time.perf_counter() - t0
-        cache = caches.setdefault(out.extractor.identity, FeatureCache(3 * 2**30))
-        triples = [(it.name, predict(it, [out.result.head], out.extractor, cache=cache, mpp=spec.mpp, tta=1)[0], it.mask)
+        triples = [(it.name, predict(it, [out.result.head], out.extractor, cache=shared, mpp=spec.mpp, tta=1)[0], it.mask)
                    for it in val]
         scores = evaluate(triples)
         entry = {"train_images": members_of[key], "auto_s": round(train_s, 1), "auto": out.record(),

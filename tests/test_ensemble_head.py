@@ -124,3 +124,32 @@ def test_train_on_my_edits_fine_tunes_an_ensemble_with_the_widget_steps(tmp_path
     assert outcome.result.steps == 7  # the FCN member's steps; the forest has none
     assert json.loads((outcome.head_folder / "training.json").read_text())["head"] == "ensemble"
     assert load_head(outcome.head_folder).class_ids == [1, 2]
+
+
+def test_auto_keeps_only_the_features_a_later_candidate_or_the_best_needs(monkeypatch):
+    """On large label sets every kind's features at once would not fit in memory: while the third
+    kind is gathered, only the best of the first two is still held."""
+    import gc
+    import weakref
+
+    from napari_pathsegdiff.engine.training import auto_select
+
+    real, alive_at_third = auto_select.gather_labelled_tiles, []
+    held: list[weakref.ref] = []
+
+    def spy(samples, **kw):
+        if len(held) == 2:
+            gc.collect()
+            alive_at_third.append(sum(r() is not None for r in held))
+        labelled = yield from real(samples, **kw)
+        held.append(weakref.ref(labelled))
+        return labelled
+
+    monkeypatch.setattr(auto_select, "gather_labelled_tiles", spy)
+    samples = [_scene(s) for s in range(3)]
+    out = drive(auto_train(samples, make_extractor=make_extractor, budget_s=600,
+                           candidates=[Candidate("rgb", "forest"), Candidate("classic", "forest"),
+                                       Candidate("rgb+classic", "forest")]), show=False)
+    assert alive_at_third == [1]
+    assert [c["status"] for c in out.candidates] == ["scored"] * 3
+    assert len(held) == 3  # the chosen features were kept for the final fit, not gathered again

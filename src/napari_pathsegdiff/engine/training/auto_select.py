@@ -162,6 +162,7 @@ def auto_train(
         raise ValueError(f"Only class {present} has labelled pixels: label at least two classes to train a head.")
     grouping, groups = _groups(first)
     n_folds = min(int(folds), len(set(groups)))
+    del first  # the tiles stay in ``gathered`` while a candidate needs them
 
     # 2. score candidates while the budget lasts
     records: list[dict] = []
@@ -184,6 +185,8 @@ def auto_train(
         except ValueError as exc:
             entry["status"] = f"failed: {exc}"
         entry["seconds"] = round(time.perf_counter() - t0, 2)
+        labelled = None
+        _release_features(gathered, keep={c.features for c in candidates[i + 1:]} | _best_features(records, candidates))
     yield Progress("auto", len(candidates), len(candidates), "scored")
 
     # 3. the best (or the fallback) trained on everything
@@ -201,6 +204,19 @@ def auto_train(
     result = yield from fit_head(labelled, kind=chosen.head, seed=seed, threads=threads, **chosen.options())
     return AutoResult(result=result, extractor=extractors[chosen.features], chosen=chosen, candidates=records,
                       grouping=grouping, folds=n_folds, note=note)
+
+
+def _best_features(records: list[dict], candidates) -> set[str]:
+    """The features of the best candidate scored so far (none before a score)."""
+    scored = [(r["cv_dice"], -k) for k, r in enumerate(records) if r["cv_dice"] is not None]
+    return {candidates[-max(scored)[1]].features} if scored else set()
+
+
+def _release_features(gathered: dict, *, keep: set[str]) -> None:
+    """Drop the gathered tiles of features that neither a later candidate nor the best so far
+    needs: on large label sets every kind's features at once would not fit in memory."""
+    for features in [f for f in gathered if f not in keep]:
+        del gathered[features]
 
 
 def _groups(labelled: LabelledTiles) -> tuple[str, list[int]]:
