@@ -16,6 +16,7 @@ from napari_pathsegdiff.core.atomic import (
     remove_folder,
     replace_file,
     replace_folder,
+    unfinished_files,
     write_bytes_atomic,
     write_text_atomic,
 )
@@ -70,6 +71,18 @@ def test_replace_file_keeps_suffixes_and_leaves_nothing_when_the_writer_fails(tm
         replace_file(path, lambda tmp: None)
     replace_file(path, lambda tmp: tmp.write_bytes(b"new"))
     assert path.read_bytes() == b"new" and _names(tmp_path) == ["labels.ome.tif"]
+
+
+def test_unfinished_files_are_the_temporaries_never_renamed_whatever_their_name(tmp_path):
+    # what a writer killed between writing its temporary file and the rename leaves
+    kept = [tmp_path / ".r0-c1.json.tmp-0badf00d.json", tmp_path / ".labels.ome.tif.tmp-12345678.ome.tif"]
+    for path in kept:
+        path.write_bytes(b"half")
+    write_text_atomic(tmp_path / "r0-c0.json", "{}")
+    (tmp_path / ".hidden.json").write_text("{}")  # not a temporary: kept out
+    (tmp_path / ".r0-c2.json.old-12345678").mkdir()  # a folder renamed out: recover_folder's business
+    assert unfinished_files(tmp_path) == sorted(kept)
+    assert unfinished_files(tmp_path / "absent") == []
 
 
 def test_replace_folder_swaps_a_complete_group_readable_folder(tmp_path, umask_027):

@@ -254,6 +254,7 @@ def _auto(args, samples, common):
 def _auto_candidates(args):
     """``auto``'s candidates from --features/--head (auto where not given) and the FCN settings."""
     from ..engine.training.auto_select import DEFAULT_CANDIDATES, Candidate
+    from ..models.features import FUSE
     from ..models.heads import head_kinds
 
     features, head = args.features or "auto", args.head_kind or "auto"
@@ -262,7 +263,7 @@ def _auto_candidates(args):
     elif features == "auto":
         candidates = [c for c in DEFAULT_CANDIDATES if c.head == head] or [Candidate("classic", head)]
     else:
-        fused = "+" in features  # an ensemble needs one part per member
+        fused = FUSE in features  # an ensemble needs one part per member
         candidates = [Candidate(features, h) for h in head_kinds() if fused or h != "ensemble"]
     fcn = _changed_fcn_options(args)
     return [Candidate(c.features, c.head, tuple(sorted(_head_options(c.head, fcn).items())) or c.settings)

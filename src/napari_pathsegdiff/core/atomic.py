@@ -54,6 +54,7 @@ __all__ = [
     "remove_folder",
     "recover_folder",
     "leftovers",
+    "unfinished_files",
     "umask_permissions",
 ]
 
@@ -292,6 +293,16 @@ def leftovers(dest: str | os.PathLike) -> list[tuple[str, Path]]:
         if match:
             found.append((match.group("kind") or _TMP, entry))
     return sorted(found, key=lambda kp: kp[1].name)
+
+
+def unfinished_files(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files of atomic writes into ``folder`` that were never renamed into place
+    (``.NAME.tmp-XXXXXXXX``): what a writer killed mid-write leaves, whatever NAME was."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(r"^\..+\." + _TMP + r"-[0-9a-f]{8}(?:\..*)?$")
+    return sorted(p for p in folder.iterdir() if p.is_file() and pattern.match(p.name))
 
 
 def umask_permissions(path: str | os.PathLike) -> None:

@@ -61,7 +61,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from ...core.atomic import recover_folder, remove_folder
+from ...core.atomic import recover_folder, remove_folder, unfinished_files
 from ...core.locks import FolderLock
 from ...core.progress import Progress
 from ...core.region import Region
@@ -459,7 +459,7 @@ def _prepare_work(folder: Path, slide, level: int, shape, options: BatchOptions,
                 f"cannot resume: the partial results in {work} were made with other settings "
                 f"({', '.join(changed)} differ); run without --resume to start again"
             )
-        for leftover in done_dir.glob(".r*-c*.json.tmp-*"):  # markers a kill left unrenamed
+        for leftover in unfinished_files(done_dir):  # markers a kill left unrenamed
             leftover.unlink(missing_ok=True)
         return labels_path, done_dir
     remove_folder(work)

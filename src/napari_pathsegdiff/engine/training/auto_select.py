@@ -186,16 +186,18 @@ def auto_train(
             entry["status"] = f"failed: {exc}"
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         labelled = None
-        _release_features(gathered, keep={c.features for c in candidates[i + 1:]} | _best_features(records, candidates))
+        best = _best_scored(records)
+        _release_features(gathered, keep={c.features for c in candidates[i + 1:]}
+                          | ({candidates[best].features} if best is not None else set()))
     yield Progress("auto", len(candidates), len(candidates), "scored")
 
     # 3. the best (or the fallback) trained on everything
-    scored = [(r["cv_dice"], -k) for k, r in enumerate(records) if r["cv_dice"] is not None]
-    if scored:
-        best = -max(scored)[1]
+    best = _best_scored(records)
+    if best is not None:
         chosen = candidates[best]
+        n_scored = sum(r["cv_dice"] is not None for r in records)
         note = (f"auto chose {chosen.name}: cross-validated Dice {records[best]['cv_dice']:.3f} "
-                f"({n_folds} folds by {grouping}, {len(scored)} of {len(candidates)} candidates scored)")
+                f"({n_folds} folds by {grouping}, {n_scored} of {len(candidates)} candidates scored)")
     else:
         chosen = candidates[0]
         why = ("only one labelled " + grouping) if n_folds < 2 else f"the budget of {budget_s:g} s ran out"
@@ -206,10 +208,10 @@ def auto_train(
                       grouping=grouping, folds=n_folds, note=note)
 
 
-def _best_features(records: list[dict], candidates) -> set[str]:
-    """The features of the best candidate scored so far (none before a score)."""
+def _best_scored(records: list[dict]) -> int | None:
+    """Index of the best cross-validated score so far, the earliest of equals (None: no score)."""
     scored = [(r["cv_dice"], -k) for k, r in enumerate(records) if r["cv_dice"] is not None]
-    return {candidates[-max(scored)[1]].features} if scored else set()
+    return -max(scored)[1] if scored else None
 
 
 def _release_features(gathered: dict, *, keep: set[str]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from ..strict_folder import read_config
+from ..strict_folder import CONFIG_FILE, read_config
 from .base import HeadError, HeadMixin, check_classes, check_maps, default_class_colors, default_class_names
 
 MEMBER_FOLDER = "member-{}"
@@ -47,7 +47,7 @@ class EnsembleHead(HeadMixin, ConfigMixin):
         Head kind of each part's member.
     """
 
-    config_name = "config.json"
+    config_name = CONFIG_FILE
     head_kind = "ensemble"
 
     @register_to_config
